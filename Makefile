@@ -1,0 +1,27 @@
+# One entry point for users and CI. `make demo` and `make test` both install first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: 2.13.0 is the CPU wheel on disk; any other pin pulls CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/raretask demo --out runs/demo
+
+bench: install
+	$(PY) benchmarks/synthetic_sweep.py
+
+clean:
+	rm -rf runs .pytest_cache

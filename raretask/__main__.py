@@ -1,0 +1,3 @@
+from raretask.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""The synthetic lab's figures (paper Fig. 2): phase diagram and observed vs predicted normalised loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raretask import runs
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _mean_table(results: dict[str, list], rows: list[int], key: str, tasks: list[str], widths: list[int]) -> np.ndarray:
+    """(tasks, widths) mean over seeds of results[key] restricted to `rows`."""
+    acc = np.zeros((len(tasks), len(widths)))
+    cnt = np.zeros_like(acc)
+    t_of, w_of = {t: i for i, t in enumerate(tasks)}, {w: j for j, w in enumerate(widths)}
+    for i in rows:
+        a, b = t_of[results["task"][i]], w_of[results["width"][i]]
+        acc[a, b] += results[key][i]
+        cnt[a, b] += 1
+    return acc / np.maximum(cnt, 1)
+
+
+def phase_diagram(results: dict[str, list], rows: list[int], mixture: Any, widths: list[int], title: str,
+                  path: Path) -> Path:
+    """Fig. 2a: width x task normalised loss (tasks sorted by frequency), with the theory staircases m = 1, 2, 3."""
+    plt = _plt()
+    order = sorted(range(mixture.num_tasks), key=lambda k: (-mixture.frequencies[k], k))
+    tasks = [mixture.names[k] for k in order]
+    table = _mean_table(results, rows, "normalised_loss", tasks, widths)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(widths), 1.2 + 0.32 * len(tasks)))
+    im = ax.imshow(table, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
+    fig.colorbar(im, ax=ax, label="normalised loss  l_k / Tr(C_k)")
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(tasks)), [f"{t} (pi={mixture.frequencies[k]:.3g})" for t, k in zip(tasks, order)],
+                  fontsize=7 if len(tasks) > 16 else 9)
+    ax.set_xlabel("width N")
+    ax.set_ylabel("task (most frequent at top)")
+    styles = {1: ("white", "-"), 2: ("orange", "--"), 3: ("red", ":")}
+    for m, (color, ls) in styles.items():
+        stairs = mixture.staircase(m)[order]
+        # boundary at the left edge of the first trained width >= N*_k(m); tasks without an m-th feature skip it
+        xs = [np.searchsorted(widths, n) - 0.5 if np.isfinite(n) else np.nan for n in stairs]
+        ys = np.arange(len(tasks))
+        ax.step(xs, ys, where="mid", color=color, ls=ls, lw=1.8, label=f"N*_k({m})")
+    ax.set_xlim(-0.5, len(widths) - 0.5)
+    ax.legend(loc="lower left", fontsize=7, framealpha=0.6)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def observed_vs_predicted(points: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Fig. 2b: observed vs predicted normalised loss, one colour per grid point (e.g. per zipf exponent)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for label, predicted, observed in points:
+        ax.scatter(predicted, observed, s=14, alpha=0.75, label=label)
+    ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="y = x")
+    ax.set_xlabel("predicted normalised loss (theory)")
+    ax.set_ylabel("observed normalised loss (mean over seeds)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def synthetic_figures(result: Any) -> list[Path]:
+    """Draw Fig. 2a for every grid point and Fig. 2b across them into the run directory."""
+    from raretask.synthetic.train import expand_grid, group_name
+
+    res, cfg, out = result.results, result.config, Path(result.out)
+    widths = cfg.sweep.widths
+    paths, points = [], []
+    points_grid = expand_grid(cfg)
+    for assign, gcfg in points_grid:
+        mixture = gcfg.mixture.build()
+        rows = [i for i in range(len(res["task"])) if all(res[k][i] == v for k, v in assign.items())]
+        name = group_name(assign)
+        suffix = "" if len(points_grid) == 1 else "_" + name.replace("=", "-").replace(",", "_")
+        title = f"phase diagram ({name})" if assign else "phase diagram"
+        paths.append(phase_diagram(res, rows, mixture, widths, title, out / f"phase_diagram{suffix}.png"))
+        tasks = mixture.names
+        obs = _mean_table(res, rows, "normalised_loss", tasks, widths)
+        pred = _mean_table(res, rows, "theory_normalised_loss", tasks, widths)
+        points.append((name if assign else "all cells", pred.ravel(), obs.ravel()))
+    paths.append(observed_vs_predicted(points, out / "observed_vs_predicted.png"))
+    return paths

@@ -1,0 +1,422 @@
+"""Online training of a sweep of students on a task mixture (paper App. B.1), and the paper's metrics.
+
+    cfg = load_config(SynthConfig, "configs/synthetic/default.toml")
+    result = run(cfg, Path("runs/default"))           # every cell of cfg.sweep, batched; resumable
+
+Within one grid point every (seed, width) cell trains in the same tensors (see model.py). Non-width/seed sweep keys
+(e.g. `mixture.zipf = [0.5, 1, 1.5, 2]` under [sweep]) expand into grid points trained one after another, each in
+DIR/groups/<name>/; a finished grid point is skipped by reading its results, an unfinished one resumes from its
+last checkpoint.
+
+Metrics (every `eval.every` steps, cells x tasks): loss l_k = E||y_k - y^_k||^2 (summed over outputs, label noise
+excluded), normalised loss l_k / Tr(C_k) (= per-output MSE over the mean predictor's Tr(C_k)/r_k), signal
+s_k = Tr(P_W C_k)/Tr(C_k) with P_W from the SVD of W, corrected s~_k, and the frequent-set residual delta_F.
+`eval.mode = "exact"` computes l_k as the expectation over fresh x ~ N(0, I) in closed form, ||A_k - D_k W||_F^2;
+`"samples"` averages over `eval.samples` fresh draws per task instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raretask import runs
+from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
+from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
+from raretask.synthetic.model import EncoderKind, SweepStudent
+
+
+class OptimizerKind(StrEnum):
+    ADAMW = "adamw"
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Schedule(StrEnum):
+    INVERSE_SQRT = "inverse_sqrt"
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
+class EvalMode(StrEnum):
+    EXACT = "exact"
+    SAMPLES = "samples"
+
+
+@dataclass
+class ModelConfig(Config):
+    encoder: EncoderKind = option(EncoderKind.FREE, "free: unconstrained W (the paper's); orthonormal: Stiefel")
+
+
+@dataclass
+class TrainConfig(Config):
+    steps: int = option(20000, "optimizer steps, one fresh batch each")
+    batch_size: int = option(64, "examples per step (tasks drawn from pi)")
+    optimizer: OptimizerKind = option(OptimizerKind.ADAMW, "adamw (the paper's), adam or sgd")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float | None = option(None, "weight decay (default: 0.01 for adamw, 0 otherwise)")
+    momentum: float = option(0.0, "SGD momentum")
+    schedule: Schedule = option(Schedule.INVERSE_SQRT, "learning-rate schedule after warm-up")
+    warmup: int = option(100, "linear warm-up steps")
+    clip: float = option(1.0, "per-cell gradient-norm clip (0 = off)")
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda")
+    checkpoint_every: int = option(2000, "steps between checkpoints (resume point after a kill)")
+
+
+@dataclass
+class EvalConfig(Config):
+    every: int = option(1000, "steps between metric evaluations")
+    mode: EvalMode = option(EvalMode.EXACT, "exact: closed-form expectation; samples: Monte-Carlo")
+    samples: int = option(4096, "fresh samples per task in samples mode")
+    frequent_mass: float = option(0.8, "F = smallest top-frequency task set with at least this mass")
+
+
+@dataclass
+class SweepConfig(Config):
+    _extra_field = "grid"
+    widths: list[int] = option(factory=lambda: [1, 2, 4, 8, 16], doc="encoder widths N")
+    seeds: list[int] = option(factory=lambda: [0], doc="seeds (init and data stream of each cell)")
+    grid: dict[str, Any] = option(factory=dict, doc="other keys to sweep, e.g. mixture.zipf = [0.5, 1]")
+
+
+@dataclass
+class SynthConfig(Config):
+    mixture: MixtureConfig = option(factory=MixtureConfig, doc="the task mixture")
+    model: ModelConfig = option(factory=ModelConfig, doc="the student")
+    train: TrainConfig = option(factory=TrainConfig, doc="optimisation")
+    eval: EvalConfig = option(factory=EvalConfig, doc="metrics")
+    sweep: SweepConfig = option(factory=SweepConfig, doc="cells to train")
+
+    def resolve_paths(self, base: Path) -> None:
+        self.mixture.resolve_paths(base)
+
+    def validate(self, path: str = "") -> None:
+        super().validate(path)
+        t, e, s = self.train, self.eval, self.sweep
+        for name, value, low in [("train.steps", t.steps, 1), ("train.batch_size", t.batch_size, 1),
+                                 ("train.warmup", t.warmup, 0), ("train.checkpoint_every", t.checkpoint_every, 1),
+                                 ("eval.every", e.every, 1), ("eval.samples", e.samples, 1)]:
+            if value < low:
+                raise ConfigError(f"{name}: must be >= {low}, got {value}")
+        for name, value in [("train.lr", t.lr), ("eval.frequent_mass", e.frequent_mass)]:
+            if not value > 0:
+                raise ConfigError(f"{name}: must be > 0, got {value}")
+        if e.frequent_mass > 1:
+            raise ConfigError(f"eval.frequent_mass: must be <= 1, got {e.frequent_mass}")
+        if t.clip < 0 or (t.weight_decay is not None and t.weight_decay < 0) or t.momentum < 0:
+            bad = "train.clip" if t.clip < 0 else "train.momentum" if t.momentum < 0 else "train.weight_decay"
+            raise ConfigError(f"{bad}: must be >= 0")
+        if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+            raise ConfigError(f"train.device: {t.device!r} is not auto, cpu or cuda")
+        if not s.widths:
+            raise ConfigError("sweep.widths: empty")
+        if not s.seeds:
+            raise ConfigError("sweep.seeds: empty")
+        for name, values in [("sweep.widths", s.widths), ("sweep.seeds", s.seeds)]:
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{name}: values repeat")
+        if min(s.seeds) < 0:
+            raise ConfigError(f"sweep.seeds: must be >= 0, got {min(s.seeds)}")
+        for key, values in s.grid.items():
+            if key.split(".")[0] == "sweep":
+                raise ConfigError(f"sweep.{key}: the sweep cannot range over sweep keys")
+            get_path(self, key)  # unknown keys are errors here, with the key named
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
+        for n in s.widths:
+            if not 1 <= n <= self.mixture.dim:
+                raise ConfigError(f"sweep.widths: width {n} is outside 1..mixture.dim = {self.mixture.dim}")
+        for _, point in expand_grid(self):  # every grid point must be a valid config on its own
+            if point is not self:
+                point.validate()
+
+
+def expand_grid(cfg: SynthConfig) -> list[tuple[dict[str, Any], SynthConfig]]:
+    """The grid points of cfg.sweep.grid (product over keys, in config order) as (assignment, config) pairs."""
+    grid = cfg.sweep.grid
+    if not grid:
+        return [({}, cfg)]
+    points = []
+    for combo in itertools.product(*grid.values()):
+        assign = dict(zip(grid, combo))
+        raw = cfg.to_dict()
+        raw["sweep"].pop("grid", None)
+        for key, value in assign.items():
+            set_raw(raw, key, value)
+        points.append((assign, SynthConfig.from_dict(raw)))
+    return points
+
+
+def group_name(assign: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in assign.items()) or "all"
+
+
+# -------------------------------------------------------------------------------------------- optimiser & schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(t: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if t.optimizer is OptimizerKind.ADAMW:
+        wd = 0.01 if t.weight_decay is None else t.weight_decay  # torch's default, i.e. "default settings"
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=wd)
+    if t.optimizer is OptimizerKind.ADAM:
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay or 0.0)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay or 0.0)
+
+
+def lr_factor(t: TrainConfig, step: int) -> float:
+    """Multiplier of train.lr at `step` (0-based): linear warm-up, then inverse-sqrt / constant / cosine."""
+    if t.warmup and step < t.warmup:
+        return (step + 1) / t.warmup
+    if t.schedule is Schedule.INVERSE_SQRT:
+        return math.sqrt(max(t.warmup, 1) / (step + 1))
+    if t.schedule is Schedule.COSINE:
+        progress = (step - t.warmup) / max(t.steps - t.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+class Evaluator:
+    """The paper's metrics for every cell of a SweepStudent, in float64."""
+
+    def __init__(self, mixture: Mixture, e: EvalConfig, seeds: list[int], device: torch.device):
+        self.mixture, self.e = mixture, e
+        self.A = torch.as_tensor(mixture.teachers(), dtype=torch.float64, device=device)  # (K, r_max, d)
+        self.traces = torch.as_tensor(mixture.traces, dtype=torch.float64, device=device)
+        self.F = mixture.frequent_set(e.frequent_mass)
+        self.pi_F = torch.zeros(mixture.num_tasks, dtype=torch.float64, device=device)
+        self.pi_F[self.F] = torch.as_tensor(mixture.frequencies[self.F], dtype=torch.float64, device=device)
+        self.generator = torch.Generator(device=device).manual_seed(sum(seeds) * 31 + 12345)
+
+    @torch.no_grad()
+    def __call__(self, student: SweepStudent) -> dict[str, np.ndarray]:
+        """{'loss', 'signal'}: (S, C, K); {'residual'}: (S, C)."""
+        S, C = student.num_cells
+        K, d = self.mixture.num_tasks, self.mixture.dim
+        loss = torch.zeros(S, C, K, dtype=torch.float64, device=self.A.device)
+        sig = torch.zeros_like(loss)
+        for c, n in enumerate(student.widths):  # evaluation only (not per training step)
+            o = sum(student.widths[:c])
+            W = student.encoder.detach()[:, o:o + n].double()  # (S, N, d)
+            D = student.decoder.detach()[:, :, o:o + n].double()  # (S, K, N, r)
+            E = torch.einsum("sknr,snd->skrd", D, W) - self.A  # (S, K, r, d): student map minus teacher
+            if self.e.mode is EvalMode.EXACT:
+                loss[:, c] = E.square().sum((-1, -2))  # E_x ||E x||^2 = ||E||_F^2 for x ~ N(0, I)
+            else:
+                x = torch.randn(S, K, self.e.samples, d, generator=self.generator, dtype=torch.float64,
+                                device=self.A.device)
+                loss[:, c] = torch.einsum("skrd,sknd->sknr", E, x).square().sum(-1).mean(-1)
+            _, sv, vh = torch.linalg.svd(W, full_matrices=False)  # P_W = V V^T over non-zero singular values
+            keep = sv > 1e-7 * sv.amax(-1, keepdim=True).clamp_min(1e-300)
+            vh = vh * keep[..., None]
+            sig[:, c] = torch.einsum("snd,krd->sknr", vh, self.A).square().sum((-1, -2)) / self.traces
+        residual = ((1 - sig) * self.pi_F * self.traces).sum(-1)  # delta_F = sum_{k in F} pi_k (1 - s_k) Tr(C_k)
+        return {"loss": loss.cpu().numpy(), "signal": sig.cpu().numpy(), "residual": residual.cpu().numpy()}
+
+
+def metric_rows(m: dict[str, np.ndarray], mixture: Mixture, widths: list[int], seeds: list[int],
+                **extra: Any) -> dict[str, list]:
+    """Flatten evaluator output into columns: one row per (seed, width, task)."""
+    from raretask.theory import corrected_signal
+
+    S, C, K = m["loss"].shape
+    cols: dict[str, list] = {k: [] for k in ["seed", "width", "task", "frequency", "loss", "normalised_loss",
+                                             "signal", "signal_corrected", "residual"]}
+    for name, value in extra.items():
+        cols[name] = []
+    for s, c, k in itertools.product(range(S), range(C), range(K)):
+        cols["seed"].append(seeds[s])
+        cols["width"].append(widths[c])
+        cols["task"].append(mixture.names[k])
+        cols["frequency"].append(float(mixture.frequencies[k]))
+        cols["loss"].append(float(m["loss"][s, c, k]))
+        cols["normalised_loss"].append(float(m["loss"][s, c, k] / mixture.traces[k]))
+        cols["signal"].append(float(m["signal"][s, c, k]))
+        cols["signal_corrected"].append(float(corrected_signal(m["signal"][s, c, k], widths[c], mixture.dim)))
+        cols["residual"].append(float(m["residual"][s, c]))
+        for name, value in extra.items():
+            cols[name].append(value[s, c] if isinstance(value, np.ndarray) else value)
+    return cols
+
+
+# ------------------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class GroupResult:
+    results: dict[str, list]
+    curves: dict[str, list]
+    wall_time_s: float
+    steps_per_s: float
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    config: SynthConfig
+    results: dict[str, list]
+    curves: dict[str, list]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` summary: per (grid point,) task, trained loss (mean over seeds) and theory loss per width."""
+        widths = self.config.sweep.widths
+        tasks = []
+        grid_keys = list(self.config.sweep.grid)
+        for assign in self.groups:
+            for name in dict.fromkeys(self.results["task"]):
+                rows = [i for i, t in enumerate(self.results["task"]) if t == name
+                        and all(self.results[k][i] == v for k, v in assign.items())]
+                trained, theory_l = [], []
+                for n in widths:
+                    sel = [i for i in rows if self.results["width"][i] == n]
+                    trained.append(float(np.mean([self.results["loss"][i] for i in sel])))
+                    theory_l.append(float(self.results["theory_loss"][sel[0]]))
+                entry = {"name": name, "widths": widths, "trained_loss": trained, "theory_loss": theory_l}
+                if grid_keys:
+                    entry["grid"] = assign
+                tasks.append(entry)
+        return {"out": str(self.out), "tasks": tasks}
+
+
+def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str = "train") -> GroupResult:
+    """Train every (seed, width) cell of one grid point together; checkpoints in gdir; returns its tables."""
+    mixture = cfg.mixture.build()
+    t, widths, seeds = cfg.train, cfg.sweep.widths, cfg.sweep.seeds
+    device = resolve_device(t.device)
+    student = SweepStudent(mixture.dim, mixture.ranks, widths, seeds, cfg.model.encoder).to(device)
+    stream = TaskStream(mixture, seeds, device)
+    opt = make_optimizer(t, list(student.parameters()))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(t, step))
+    evaluator = Evaluator(mixture, cfg.eval, seeds, device)
+    S, C = student.num_cells
+    ckpt_path = gdir / "checkpoint.pt"
+    step, curves, running, n_running, elapsed = 0, [], torch.zeros(S, C, device=device), 0, 0.0
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
+        step, curves, elapsed, n_running = ck["step"], ck["curves"], ck["elapsed"], ck["n_running"]
+        running = ck["running"].to(device)
+        student.load_state_dict(ck["student"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        stream.load_state(ck["stream"])
+        evaluator.generator.set_state(ck["eval_generator"])
+    else:
+        curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0,
+                                  train_loss=np.full((S, C), np.nan)))
+    task = progress.add_task(label, total=t.steps, completed=step) if progress else None
+    start = time.perf_counter()
+    first_step = step
+    while step < t.steps:
+        batch = stream.sample(t.batch_size)
+        losses = student.cell_losses(student(batch.x, batch.offsets), batch.y, t.batch_size)  # (S, C)
+        opt.zero_grad(set_to_none=False)
+        losses.sum().backward()  # cells are independent: each gets the gradient of its own loss
+        if t.clip > 0:
+            student.clip_grad_norm_(t.clip)
+        opt.step()
+        sched.step()
+        if cfg.model.encoder is EncoderKind.ORTHONORMAL:
+            student.retract_()
+        step += 1
+        running += losses.detach()
+        n_running += 1
+        if step % cfg.eval.every == 0 or step == t.steps:
+            train_loss = (running / n_running).cpu().numpy()
+            curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=step, train_loss=train_loss))
+            running.zero_()
+            n_running = 0
+        if progress:
+            progress.update(task, completed=step)
+        if step % t.checkpoint_every == 0 and step < t.steps:
+            state = {"step": step, "curves": curves, "running": running.cpu(), "n_running": n_running,
+                     "elapsed": elapsed + time.perf_counter() - start, "student": student.state_dict(),
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "stream": stream.state(),
+                     "eval_generator": evaluator.generator.get_state()}
+            with runs.atomic_path(ckpt_path) as tmp:
+                torch.save(state, tmp)
+    wall = elapsed + time.perf_counter() - start
+    rate = (step - first_step) / max(time.perf_counter() - start, 1e-9)
+    final = curves[-1]
+    theory = mixture.theory_losses(widths)  # (K, C)
+    k_of = {name: k for k, name in enumerate(mixture.names)}
+    c_of = {n: c for c, n in enumerate(widths)}
+    results = {k: v for k, v in final.items() if k not in ("step", "train_loss")}
+    results["theory_loss"] = [float(theory[k_of[tk], c_of[w]]) for tk, w in zip(final["task"], final["width"])]
+    results["theory_normalised_loss"] = [tl / float(mixture.traces[k_of[tk]])
+                                         for tl, tk in zip(results["theory_loss"], final["task"])]
+    with runs.atomic_path(gdir / "model.pt") as tmp:
+        torch.save({"student": student.state_dict(), "widths": widths, "seeds": seeds}, tmp)
+    return GroupResult(results=results, curves=runs.concat_columns(curves), wall_time_s=wall, steps_per_s=rate)
+
+
+def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
+    """Train every cell of the config's sweep into `out` (resuming what a killed run left) and draw its figures."""
+    from raretask.report import figures
+
+    out = Path(out)
+    runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
+    device = resolve_device(cfg.train.device)
+    meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
+                        device=str(device), torch_threads=torch.get_num_threads())
+    results, curves, assigns, timings = [], [], [], {}
+    bar = _progress() if progress else None
+    with bar or _null():
+        for assign, gcfg in expand_grid(cfg):
+            gdir = out / "groups" / group_name(assign)
+            if (gdir / "results.parquet").is_file():  # finished grid point: skip
+                res, cur = runs.read_table(gdir / "results.parquet"), runs.read_table(gdir / "curves.parquet")
+            else:
+                g = train_group(gcfg, gdir, bar, label=group_name(assign))
+                extra = {k: [v] * len(g.results["task"]) for k, v in assign.items()}
+                res = {**extra, **g.results}
+                cur = {**{k: [v] * len(g.curves["task"]) for k, v in assign.items()}, **g.curves}
+                runs.write_table(gdir / "curves.parquet", cur)
+                runs.write_table(gdir / "results.parquet", res)  # written last: marks the grid point finished
+                (gdir / "checkpoint.pt").unlink(missing_ok=True)
+                timings[group_name(assign)] = {"wall_time_s": g.wall_time_s, "steps_per_s": g.steps_per_s}
+            results.append(res)
+            curves.append(cur)
+            assigns.append(assign)
+    result = SweepResult(out=out, config=cfg, results=runs.concat_columns(results),
+                         curves=runs.concat_columns(curves), groups=assigns)
+    runs.write_table(out / "results.parquet", result.results)
+    runs.write_table(out / "curves.parquet", result.curves)
+    figures.synthetic_figures(result)
+    meta.finish(groups=timings)
+    return result
+
+
+def _progress() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
