@@ -49,6 +49,16 @@ class Config:
     # A subclass may name one `dict[str, Any]` field that collects keys it does not declare (as dotted paths).
     _extra_field: typing.ClassVar[str | None] = None
 
+    def __post_init__(self) -> None:
+        # Configs built in Python may pass enum fields as strings; store the enum so `is` comparisons hold.
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            tp = _is_optional(hints[f.name])[1]
+            value = getattr(self, f.name)
+            if isinstance(tp, type) and issubclass(tp, enum.Enum) and isinstance(value, str) \
+                    and not isinstance(value, tp):
+                setattr(self, f.name, _convert(value, tp, f.name))
+
     @classmethod
     def from_dict(cls: type[C], data: Any, path: str = "") -> C:
         if not isinstance(data, dict):
@@ -58,7 +68,11 @@ class Config:
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in fields or key == cls._extra_field:
+            if key == cls._extra_field and isinstance(value, dict):  # the extra table itself, as written by to_dict
+                for k, v in value.items():
+                    extra.update(_flatten(v, k))
+                continue
+            if key not in fields:
                 if cls._extra_field is None:
                     raise ConfigError(f"{_join(path, key)}: unknown key (known: {', '.join(sorted(fields))})")
                 extra.update(_flatten(value, key))

@@ -58,8 +58,11 @@ def phase_diagram(results: dict[str, list], rows: list[int], mixture: Any, width
         stairs = mixture.staircase(m)[order]
         # boundary at the left edge of the first trained width >= N*_k(m); tasks without an m-th feature skip it
         xs = [np.searchsorted(widths, n) - 0.5 if np.isfinite(n) else np.nan for n in stairs]
-        ys = np.arange(len(tasks))
-        ax.step(xs, ys, where="mid", color=color, ls=ls, lw=1.8, label=f"N*_k({m})")
+        px, py = [], []
+        for row, x in enumerate(xs):  # a vertical edge per task row, joined row to row (NaN breaks the line)
+            px += [x, x]
+            py += [row - 0.5, row + 0.5]
+        ax.plot(px, py, color=color, ls=ls, lw=1.8, label=f"N*_k({m})")
     ax.set_xlim(-0.5, len(widths) - 0.5)
     ax.legend(loc="lower left", fontsize=7, framealpha=0.6)
     ax.set_title(title, fontsize=10)
@@ -83,7 +86,7 @@ def observed_vs_predicted(points: list[tuple[str, np.ndarray, np.ndarray]], path
 
 def synthetic_figures(result: Any) -> list[Path]:
     """Draw Fig. 2a for every grid point and Fig. 2b across them into the run directory."""
-    from raretask.synthetic.train import expand_grid, group_name
+    from raretask.synthetic.train import expand_grid, group_name, group_slug
 
     res, cfg, out = result.results, result.config, Path(result.out)
     widths = cfg.sweep.widths
@@ -93,7 +96,7 @@ def synthetic_figures(result: Any) -> list[Path]:
         mixture = gcfg.mixture.build()
         rows = [i for i in range(len(res["task"])) if all(res[k][i] == v for k, v in assign.items())]
         name = group_name(assign)
-        suffix = "" if len(points_grid) == 1 else "_" + name.replace("=", "-").replace(",", "_")
+        suffix = "" if len(points_grid) == 1 else "_" + group_slug(assign)
         title = f"phase diagram ({name})" if assign else "phase diagram"
         paths.append(phase_diagram(res, rows, mixture, widths, title, out / f"phase_diagram{suffix}.png"))
         tasks = mixture.names

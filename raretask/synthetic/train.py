@@ -18,6 +18,7 @@ s_k = Tr(P_W C_k)/Tr(C_k) with P_W from the SVD of W, corrected s~_k, and the fr
 from __future__ import annotations
 
 import itertools
+import re
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import torch
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
-from raretask.synthetic.model import EncoderKind, SweepStudent
+from raretask.synthetic.model import CellStudent, EncoderKind, SweepStudent
 
 
 class OptimizerKind(StrEnum):
@@ -155,7 +156,13 @@ def expand_grid(cfg: SynthConfig) -> list[tuple[dict[str, Any], SynthConfig]]:
 
 
 def group_name(assign: dict[str, Any]) -> str:
+    """Readable name of a grid point, e.g. 'mixture.zipf=0.5'."""
     return ",".join(f"{k}={v}" for k, v in assign.items()) or "all"
+
+
+def group_slug(assign: dict[str, Any]) -> str:
+    """File-system-safe form of group_name (directory and figure names)."""
+    return re.sub(r"[^A-Za-z0-9._=,-]+", "_", group_name(assign)).strip("_")
 
 
 # -------------------------------------------------------------------------------------------- optimiser & schedule
@@ -319,8 +326,7 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         stream.load_state(ck["stream"])
         evaluator.generator.set_state(ck["eval_generator"])
     else:
-        curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0,
-                                  train_loss=np.full((S, C), np.nan)))
+        curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0, train_loss=None))  # null
     task = progress.add_task(label, total=t.steps, completed=step) if progress else None
     start = time.perf_counter()
     first_step = step
@@ -367,6 +373,30 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
     return GroupResult(results=results, curves=runs.concat_columns(curves), wall_time_s=wall, steps_per_s=rate)
 
 
+def train_cell(cfg: SynthConfig, seed: int, width: int, steps: int | None = None) -> CellStudent:
+    """The naive way: one cell alone, as a plain module with torch's own clipping. Same data stream and init as
+    the cell (seed, width) of the batched sweep, so the two must agree (tests) and can be timed (benchmarks)."""
+    mixture, t = cfg.mixture.build(), cfg.train
+    device = resolve_device(t.device)
+    student = CellStudent(mixture.dim, mixture.ranks, width, seed, cfg.model.encoder).to(device)
+    stream = TaskStream(mixture, [seed], device)
+    opt = make_optimizer(t, list(student.parameters()))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(t, step))
+    for _ in range(t.steps if steps is None else steps):
+        batch = stream.sample(t.batch_size)
+        pred = student(batch.x[0], batch.offsets)  # (B, r_max)
+        loss = (pred - batch.y).square().sum(-1).mean()
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if t.clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), t.clip)
+        opt.step()
+        sched.step()
+        if cfg.model.encoder is EncoderKind.ORTHONORMAL:
+            student.retract_()
+    return student
+
+
 def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
     """Train every cell of the config's sweep into `out` (resuming what a killed run left) and draw its figures."""
     from raretask.report import figures
@@ -380,7 +410,7 @@ def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool =
     bar = _progress() if progress else None
     with bar or _null():
         for assign, gcfg in expand_grid(cfg):
-            gdir = out / "groups" / group_name(assign)
+            gdir = out / "groups" / group_slug(assign)
             if (gdir / "results.parquet").is_file():  # finished grid point: skip
                 res, cur = runs.read_table(gdir / "results.parquet"), runs.read_table(gdir / "curves.parquet")
             else:
