@@ -227,6 +227,19 @@ class Mixture:
             out[k, : self.ranks[k]] = self.teacher(k)
         return out
 
+    def coordinate_columns(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """If every B_k's columns are standard basis vectors: (cols (K, r_max) int, scale (K, r_max)) with
+        y_k[j] = scale[k, j] * x[cols[k, j]] (padding: col 0, scale 0). Else None."""
+        cols = np.zeros((self.num_tasks, max(self.ranks)), dtype=np.int64)
+        scale = np.zeros((self.num_tasks, max(self.ranks)))
+        for k, B in enumerate(self.bases):
+            idx = np.argmax(np.abs(B), axis=0)
+            if not np.array_equal(B, np.eye(self.dim)[:, idx]):
+                return None
+            cols[k, : len(idx)] = idx
+            scale[k, : len(idx)] = np.sqrt(self.eigenvalues[k])
+        return cols, scale
+
     @cached_property
     def orthogonal(self) -> bool:
         """Are the task subspaces mutually orthogonal? Then M's eigenvalues are exactly the utilities."""
@@ -297,6 +310,12 @@ class TaskStream:
         self.teachers_t = A.repeat(S, 1, 1).contiguous()
         self.ranks = torch.as_tensor(mixture.ranks, device=device).repeat(S)  # (S*K,)
         self.r_max = max(mixture.ranks)
+        # Coordinate-aligned tasks (orthogonal placement): y_k is a scaled subset of x's coordinates, a gather.
+        self.gather = mixture.coordinate_columns()
+        if self.gather is not None:
+            cols, scale = self.gather
+            self.gather = (torch.as_tensor(cols, device=device).repeat(S, 1),
+                           torch.as_tensor(scale, dtype=dtype, device=device).repeat(S, 1))  # (S*K, r_max)
 
     def sample(self, batch_size: int) -> Batch:
         S, d = len(self.generators), self.mixture.dim
@@ -307,7 +326,12 @@ class TaskStream:
         x = torch.stack([torch.randn(batch_size, d, generator=g, device=self.device, dtype=self.dtype)
                          for g in self.generators])  # (S, B, d)
         offsets = torch.cumsum(counts.flatten(), 0).to(torch.int32)  # (S*K,)
-        y = grouped_matmul(x.reshape(S * batch_size, d), self.teachers_t, offsets)  # (S*B, r_max)
+        if self.gather is not None:
+            group_of_row = torch.repeat_interleave(torch.arange(len(offsets), device=self.device), counts.flatten())
+            cols, scale = self.gather[0][group_of_row], self.gather[1][group_of_row]  # (S*B, r_max)
+            y = x.reshape(S * batch_size, d).gather(1, cols) * scale
+        else:
+            y = grouped_matmul(x.reshape(S * batch_size, d), self.teachers_t, offsets)  # (S*B, r_max)
         if self.mixture.noise > 0:
             noise = torch.stack([torch.randn(batch_size, self.r_max, generator=g, device=self.device,
                                              dtype=self.dtype) for g in self.generators])
@@ -328,12 +352,40 @@ def _stream_seed(seed: int) -> int:
     return (seed * 2_654_435_761 + 97) % 2**63  # distinct from the init seeds below
 
 
+class _GroupedMM(torch.autograd.Function):
+    """grouped_mm with its backward written as two more grouped_mm calls. (torch's own CPU backward goes through a
+    per-group select whose gradient materialises a full-size zero tensor per group: 50x slower at paper scale.)"""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b, offsets)
+        return torch.nn.functional.grouped_mm(a, b, offs=offsets)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        a, b, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_a = torch.nn.functional.grouped_mm(grad, b.transpose(1, 2), offs=offsets) \
+            if ctx.needs_input_grad[0] else None
+        # groups along the contraction dimension: grad_b[g] = a[rows of g]^T grad[rows of g] (zeros if empty)
+        grad_b = torch.nn.functional.grouped_mm(a.t(), grad, offs=offsets) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None
+
+
 def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows of `a` (M, k) in consecutive groups ending at `offsets` (G,); group g is multiplied by b[g] (k, n).
 
-    torch's grouped_mm does it in one kernel; where a device or dtype lacks it, a loop over groups does the same."""
+    One grouped_mm kernel forward and two backward. Its kernels want 16-byte aligned strides, so k and n are
+    zero-padded to multiples of 4 when needed (the padding contributes exact zeros). Where a device or dtype
+    lacks grouped_mm, a loop over groups does the same."""
+    k, n = a.shape[1], b.shape[2]
+    pk, pn = -k % 4, -n % 4
+    if pk or pn:
+        a = torch.nn.functional.pad(a, (0, pk))
+        b = torch.nn.functional.pad(b, (0, pn, 0, pk))
     try:
-        return torch.nn.functional.grouped_mm(a, b, offs=offsets)
+        out = _GroupedMM.apply(a.contiguous(), b.contiguous(), offsets)
     except (RuntimeError, NotImplementedError):
         starts = torch.cat([offsets.new_zeros(1), offsets[:-1]]).tolist()
-        return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, offsets.tolist()))])
+        out = torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, offsets.tolist()))])
+    return out[:, :n] if pn else out

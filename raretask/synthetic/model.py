@@ -3,8 +3,9 @@
 `SweepStudent` holds every (seed, width) cell of a sweep in one set of tensors so a training step is a handful of
 kernels whatever the number of cells:
 
-  encoder  W    (S, sum_N, d)          the cells' encoders stacked along rows: cell c owns rows [o_c, o_c + N_c)
-  decoder  D    (S, K, sum_N, r_max)   compact: D[s, k, rows of c] is cell c's decoder for task k, transposed
+  encoder  W    (S, rows, d)          the cells' encoders stacked along rows: cell c owns rows [o_c, o_c + N_c)
+  decoder  D    (S, K, rows, r_max)   compact: D[s, k, rows of c] is cell c's decoder for task k, transposed
+  (rows = sum_N rounded up to a multiple of 4)
 
 Forward: h = x W^T for all cells at once (one bmm), then every (seed, task) group of rows meets a block-diagonal
 decoder (one grouped_mm), giving each cell's prediction. Cells share no parameters and the loss is a sum of cell
@@ -46,27 +47,63 @@ def init_cell(dim: int, width: int, ranks: list[int], seed: int) -> tuple[torch.
     return W, D
 
 
+def _round4(n: int) -> int:
+    return -(-n // 4) * 4  # grouped_mm wants 16-byte aligned strides: float32 dims in multiples of 4
+
+
+class _BlockDiagonal(torch.autograd.Function):
+    """Compact decoders D (G, R, r) -> block-diagonal (G, R, cols): row n lands in its own cell's r columns.
+
+    The output is `buffer`, written in place: its off-block entries are zero from allocation and never written, so
+    a step writes only the blocks instead of a fresh, mostly-zero tensor. Autograd's version counter guards the
+    reuse (a second forward before the first backward raises). Backward gathers the same entries."""
+
+    @staticmethod
+    def forward(ctx, D: torch.Tensor, buffer: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, cols)
+        ctx.n_real = rows.shape[0]
+        buffer[:, rows, cols] = D[:, : ctx.n_real]
+        ctx.mark_dirty(buffer)
+        return buffer
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        rows, cols = ctx.saved_tensors
+        g = grad.new_zeros(grad.shape[0], grad.shape[1], cols.shape[1])
+        g[:, : ctx.n_real] = grad[:, rows, cols]
+        return g, None, None, None
+
+
 class SweepStudent(nn.Module):
-    """All cells (seeds x widths) of a sweep. See the module docstring for the layout."""
+    """All cells (seeds x widths) of a sweep. See the module docstring for the layout.
+
+    Rows are padded to a multiple of 4 (padding rows belong to no cell, start at zero and get zero gradient)."""
 
     def __init__(self, dim: int, ranks: list[int], widths: list[int], seeds: list[int],
                  encoder: EncoderKind = EncoderKind.FREE, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dim, self.ranks, self.widths, self.seeds, self.kind = dim, list(ranks), list(widths), list(seeds), encoder
         S, K, C, total, r_max = len(seeds), len(ranks), len(widths), sum(widths), max(ranks)
-        W = torch.zeros(S, total, dim, dtype=torch.float64)
-        D = torch.zeros(S, K, total, r_max, dtype=torch.float64)
+        W = torch.zeros(S, _round4(total), dim, dtype=torch.float64)
+        D = torch.zeros(S, K, _round4(total), r_max, dtype=torch.float64)
         for s, seed in enumerate(seeds):  # initialisation only: each cell from its own generator
             for c, n in enumerate(widths):
                 o = sum(widths[:c])
                 W[s, o:o + n], D[s, :, o:o + n] = init_cell(dim, n, ranks, seed)
         self.encoder = nn.Parameter(W.to(dtype))
         self.decoder = nn.Parameter(D.to(dtype))
-        cell_of_row = torch.repeat_interleave(torch.arange(C), torch.tensor(widths))  # (sum_N,)
+        cell_of_row = torch.repeat_interleave(torch.arange(C), torch.tensor(widths))  # (sum_N,) real rows only
+        row_cell = torch.zeros(_round4(total), C, dtype=dtype)  # (rows, C) one-hot; padding rows all zero
+        row_cell[torch.arange(total), cell_of_row] = 1
         self.register_buffer("cell_of_row", cell_of_row, persistent=False)
-        self.register_buffer("row_cell", F.one_hot(cell_of_row, C).to(dtype), persistent=False)  # (sum_N, C)
+        self.register_buffer("row_cell", row_cell, persistent=False)
         starts = torch.tensor([sum(widths[:c]) for c in range(C)])
         self.register_buffer("pos_in_cell", torch.arange(total) - starts[cell_of_row], persistent=False)
+        # block-diagonal decoder layout: row n, output j -> column c(n) * r_max + j
+        self.register_buffer("block_rows", torch.arange(total)[:, None].expand(total, r_max), persistent=False)
+        self.register_buffer("block_cols", cell_of_row[:, None] * r_max + torch.arange(r_max), persistent=False)
+        self.register_buffer("blocks", torch.zeros(S * K, _round4(total), _round4(C * r_max), dtype=dtype),
+                             persistent=False)
 
     @property
     def num_cells(self) -> tuple[int, int]:
@@ -76,11 +113,12 @@ class SweepStudent(nn.Module):
         """x (S, B, d), offsets (S*K,) group ends of rows sorted by (seed, task) -> predictions (S*B, C, r_max)."""
         S, B, _ = x.shape
         K, C, r_max = len(self.ranks), len(self.widths), max(self.ranks)
-        h = torch.bmm(x, self.encoder.transpose(1, 2))  # (S, B, sum_N): every cell's features at once
+        h = torch.bmm(x, self.encoder.transpose(1, 2))  # (S, B, rows): every cell's features at once
         # Block-diagonal decoders: row n of the stacked features only feeds its own cell's outputs.
-        blocks = self.decoder.unsqueeze(3) * self.row_cell[:, :, None]  # (S, K, sum_N, C, r_max)
-        out = grouped_matmul(h.reshape(S * B, -1), blocks.reshape(S * K, -1, C * r_max), offsets)
-        return out.view(S * B, C, r_max)
+        blocks = _BlockDiagonal.apply(self.decoder.reshape(S * K, -1, r_max), self.blocks.detach(), self.block_rows,
+                                      self.block_cols)  # (S*K, rows, cols)
+        out = grouped_matmul(h.reshape(S * B, -1), blocks, offsets)  # (S*B, cols)
+        return out[:, : C * r_max].view(S * B, C, r_max)
 
     def cell_losses(self, pred: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Mean squared error summed over outputs, per cell: (S, C). Its sum is the training objective."""
@@ -109,11 +147,11 @@ class SweepStudent(nn.Module):
         W^T with the padding columns last leaves each cell's first N_c columns of Q spanning exactly its own rows."""
         S, (C, n_max) = len(self.seeds), (len(self.widths), max(self.widths))
         padded = self.encoder.new_zeros(S, C, n_max, self.dim)
-        padded[:, self.cell_of_row, self.pos_in_cell] = self.encoder
+        padded[:, self.cell_of_row, self.pos_in_cell] = self.encoder[:, : len(self.cell_of_row)]
         q, r = torch.linalg.qr(padded.transpose(-1, -2))  # q (S, C, d, n_max)
         sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
         q = q * torch.where(sign == 0, torch.ones_like(sign), sign)[..., None, :]  # Q R with diag(R) > 0
-        self.encoder.copy_(q.transpose(-1, -2)[:, self.cell_of_row, self.pos_in_cell])
+        self.encoder[:, : len(self.cell_of_row)] = q.transpose(-1, -2)[:, self.cell_of_row, self.pos_in_cell]
 
     def cell(self, s: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell (seed index s, width index c): W (N, d) and decoders D (K, N, r_max) (views, detached)."""
