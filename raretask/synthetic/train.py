@@ -220,7 +220,7 @@ class Evaluator:
         loss = torch.zeros(S, C, K, dtype=torch.float64, device=self.A.device)
         sig = torch.zeros_like(loss)
         for c, n in enumerate(student.widths):  # evaluation only (not per training step)
-            o = sum(student.widths[:c])
+            o = student.starts[c]
             W = student.encoder.detach()[:, o:o + n].double()  # (S, N, d)
             D = student.decoder.detach()[:, :, o:o + n].double()  # (S, K, N, r)
             E = torch.einsum("sknr,snd->skrd", D, W) - self.A  # (S, K, r, d): student map minus teacher
@@ -303,15 +303,53 @@ class SweepResult:
         return {"out": str(self.out), "tasks": tasks}
 
 
+class SweepTrainer:
+    """One grid point's training state (students, data streams, optimiser, schedule) and its step.
+
+    Shared by `train_group` and the benchmarks, so what is timed is what trains."""
+
+    def __init__(self, cfg: SynthConfig, device: torch.device | None = None):
+        self.cfg, self.mixture = cfg, cfg.mixture.build()
+        t, widths, seeds = cfg.train, cfg.sweep.widths, cfg.sweep.seeds
+        self.device = device or resolve_device(t.device)
+        self.student = SweepStudent(self.mixture.dim, self.mixture.ranks, widths, seeds, cfg.model.encoder,
+                                    batch_size=t.batch_size)
+        self.student.to(self.device)
+        self.stream = TaskStream(self.mixture, seeds, self.device)
+        self.opt = make_optimizer(t, list(self.student.parameters()))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(t, step))
+
+    def step(self) -> torch.Tensor:
+        """One optimiser step of every cell on a fresh batch; returns the cells' batch losses (S, C)."""
+        t = self.cfg.train
+        batch = self.stream.sample(t.batch_size)
+        losses = self.student.cell_losses(self.student(batch.x, batch.offsets), batch.y, t.batch_size)
+        self.opt.zero_grad(set_to_none=False)
+        losses.sum().backward()  # cells are independent: each gets the gradient of its own loss
+        if t.clip > 0:
+            self.student.clip_grad_norm_(t.clip)
+        self.opt.step()
+        self.sched.step()
+        if self.cfg.model.encoder is EncoderKind.ORTHONORMAL:
+            self.student.retract_()
+        return losses.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "stream": self.stream.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.stream.load_state(state["stream"])
+
+
 def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str = "train") -> GroupResult:
     """Train every (seed, width) cell of one grid point together; checkpoints in gdir; returns its tables."""
-    mixture = cfg.mixture.build()
+    trainer = SweepTrainer(cfg)
+    mixture, student, device = trainer.mixture, trainer.student, trainer.device
     t, widths, seeds = cfg.train, cfg.sweep.widths, cfg.sweep.seeds
-    device = resolve_device(t.device)
-    student = SweepStudent(mixture.dim, mixture.ranks, widths, seeds, cfg.model.encoder).to(device)
-    stream = TaskStream(mixture, seeds, device)
-    opt = make_optimizer(t, list(student.parameters()))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(t, step))
     evaluator = Evaluator(mixture, cfg.eval, seeds, device)
     S, C = student.num_cells
     ckpt_path = gdir / "checkpoint.pt"
@@ -320,10 +358,7 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         step, curves, elapsed, n_running = ck["step"], ck["curves"], ck["elapsed"], ck["n_running"]
         running = ck["running"].to(device)
-        student.load_state_dict(ck["student"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        stream.load_state(ck["stream"])
+        trainer.load_state_dict(ck["trainer"])
         evaluator.generator.set_state(ck["eval_generator"])
     else:
         curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0, train_loss=None))  # null
@@ -331,18 +366,9 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
     start = time.perf_counter()
     first_step = step
     while step < t.steps:
-        batch = stream.sample(t.batch_size)
-        losses = student.cell_losses(student(batch.x, batch.offsets), batch.y, t.batch_size)  # (S, C)
-        opt.zero_grad(set_to_none=False)
-        losses.sum().backward()  # cells are independent: each gets the gradient of its own loss
-        if t.clip > 0:
-            student.clip_grad_norm_(t.clip)
-        opt.step()
-        sched.step()
-        if cfg.model.encoder is EncoderKind.ORTHONORMAL:
-            student.retract_()
+        losses = trainer.step()
         step += 1
-        running += losses.detach()
+        running += losses
         n_running += 1
         if step % cfg.eval.every == 0 or step == t.steps:
             train_loss = (running / n_running).cpu().numpy()
@@ -353,8 +379,7 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
             progress.update(task, completed=step)
         if step % t.checkpoint_every == 0 and step < t.steps:
             state = {"step": step, "curves": curves, "running": running.cpu(), "n_running": n_running,
-                     "elapsed": elapsed + time.perf_counter() - start, "student": student.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "stream": stream.state(),
+                     "elapsed": elapsed + time.perf_counter() - start, "trainer": trainer.state_dict(),
                      "eval_generator": evaluator.generator.get_state()}
             with runs.atomic_path(ckpt_path) as tmp:
                 torch.save(state, tmp)

@@ -72,7 +72,7 @@ def test_clipping_is_per_cell_like_torch(cfg):
     norms = sweep.clip_grad_norm_(0.01)
     for s in range(2):
         for w, width in enumerate(c.sweep.widths):
-            o = sum(c.sweep.widths[:w])
+            o = sweep.starts[w]
             ref_w, ref_d = gw[s, o:o + width].clone(), gd[s, :, o:o + width].clone()
             total = torch.nn.utils.get_total_norm([ref_w, ref_d])
             torch.testing.assert_close(norms[s, w], total)
@@ -109,3 +109,37 @@ def test_initial_signal_is_chance_level_on_average(cfg):
     m = Evaluator(mix, c.eval, seeds, torch.device("cpu"))(sweep)
     mean_signal = m["signal"].mean(axis=0)[0]  # (K,)
     assert abs(float(mean_signal.mean()) - 4 / 12) < 0.05
+
+
+@pytest.mark.parametrize("bands", [None, [[0], [1, 2]], [[2, 0], [1]], [[1], [2], [0]]])
+def test_banded_layout_matches_cells_alone(cfg, bands):
+    """Any split of the cells into bands (and any order) gives each cell's own predictions and gradients."""
+    from raretask.synthetic.model import CellStudent
+
+    c = cfg()
+    mix = c.mixture.build()
+    widths, seeds = [5, 1, 3], [0, 4]
+    sweep = SweepStudent(mix.dim, mix.ranks, widths, seeds, dtype=torch.float64, bands=bands)
+    batch = TaskStream(mix, seeds, torch.device("cpu"), dtype=torch.float64).sample(24)
+    pred = sweep(batch.x, batch.offsets)  # (S*B, C, r_max)
+    sweep.cell_losses(pred, batch.y, 24).sum().backward()
+    K = mix.num_tasks
+    for s, seed in enumerate(seeds):
+        rows = slice(s * 24, (s + 1) * 24)
+        offs = batch.offsets[s * K:(s + 1) * K] - 24 * s
+        for w, width in enumerate(widths):
+            alone = CellStudent(mix.dim, mix.ranks, width, seed, dtype=torch.float64)
+            out = alone(batch.x[s], offs)
+            torch.testing.assert_close(pred[rows, w], out)
+            (out - batch.y[rows]).square().sum(-1).mean().backward()
+            W, D = sweep.encoder.grad, sweep.decoder.grad
+            o = sweep.starts[w]
+            torch.testing.assert_close(W[s, o:o + width], alone.encoder.grad)
+            torch.testing.assert_close(D[s, :, o:o + width], alone.decoder.grad)
+    # padding rows (bands are padded to multiples of 4) never receive gradient, so they stay zero
+    pad = torch.ones(sweep.encoder.shape[1], dtype=torch.bool)
+    pad[sweep.real_rows] = False
+    if bands == [[0], [1, 2]]:
+        assert pad.sum() == 4  # 5 -> 8 and 1 + 3 -> 4
+    assert torch.all(sweep.encoder.grad[:, pad] == 0)
+    assert torch.all(sweep.decoder.grad[:, :, pad] == 0)

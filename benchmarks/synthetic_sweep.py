@@ -1,0 +1,117 @@
+"""Speed of the batched synthetic sweep, against baselines measured in the same process.
+
+(a) configs/synthetic/default.toml: steps/s of the batched sweep (all cells advance one step) and of the naive way,
+    a plain module per cell trained separately for the same number of steps; their ratio (target >= 10x).
+(b) configs/synthetic/paper_fig2.toml at one beta: model GFLOP/s of a training step against torch.matmul's
+    GFLOP/s for the encoder's product at the same size (S*B x d x sum_N), measured here (target >= 50%), and the
+    projected wall time of the full 100K steps (evaluations included).
+
+    python benchmarks/synthetic_sweep.py [--device cpu|cuda] [--default-steps 300] [--paper-steps 8]
+
+Model FLOPs per step count the arithmetic the model needs, not what the implementation spends on padding:
+encoder forward and weight gradient 4 B d sum_N per seed, decoders 6 B sum_N E[r_k] per seed (forward, input and
+weight gradients), where E[r_k] = sum_k pi_k r_k. Executed FLOPs add row padding and the zero blocks of each
+band's block-diagonal decoder (see raretask/synthetic/model.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from raretask.config import load_config
+from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig, train_cell
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ROOT / "configs" / "synthetic"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, n: int, device: torch.device, warmup: int = 2) -> float:
+    """Seconds per call of fn, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def matmul_gflops(m: int, k: int, n: int, device: torch.device) -> float:
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    return 2 * m * k * n / timed(lambda: torch.matmul(a, b), 10, device) / 1e9
+
+
+def part_a(device: torch.device, steps: int) -> None:
+    cfg = load_config(SynthConfig, PRESETS / "default.toml", [f"train.device={device.type}"])
+    trainer = SweepTrainer(cfg, device)
+    batched = 1.0 / timed(trainer.step, steps, device, warmup=10)
+    start = time.perf_counter()
+    for seed in cfg.sweep.seeds:  # the naive way: every cell its own module and loop, same steps
+        for width in cfg.sweep.widths:
+            train_cell(cfg, seed, width, steps=steps)
+    sync(device)
+    naive = steps / (time.perf_counter() - start)
+    cells = len(cfg.sweep.seeds) * len(cfg.sweep.widths)
+    print(f"(a) default preset, {cells} cells ({len(cfg.sweep.seeds)} seeds x {len(cfg.sweep.widths)} widths), "
+          f"{steps} steps, {device}")
+    print(f"    batched sweep   {batched:9.1f} sweep-steps/s")
+    print(f"    naive per-cell  {naive:9.1f} sweep-steps/s")
+    print(f"    ratio           {batched / naive:9.1f}x   (target >= 10x)")
+
+
+def part_b(device: torch.device, steps: int) -> None:
+    cfg = load_config(SynthConfig, PRESETS / "paper_fig2.toml",
+                      [f"train.device={device.type}", "sweep.mixture.zipf=[2.0]"])
+    full_steps, evals = cfg.train.steps, cfg.train.steps // cfg.eval.every
+    trainer = SweepTrainer(cfg, device)
+    mix, S, B = trainer.mixture, len(cfg.sweep.seeds), cfg.train.batch_size
+    d, sum_n = mix.dim, sum(cfg.sweep.widths)
+    mean_rank = float(sum(p * r for p, r in zip(mix.frequencies, mix.ranks)))
+    model_flops = S * B * sum_n * (4 * d + 6 * mean_rank)
+    st = trainer.student  # executed: padded rows, and each band's block-diagonal decoder with its zero blocks
+    rows = [last - first for first, last in st.band_rows]
+    executed_flops = S * B * (4 * d * sum(rows) + 6 * max(mix.ranks) * sum(r * len(b) for r, b in zip(rows, st.bands)))
+    per_step = timed(trainer.step, steps, device)
+    evaluator = Evaluator(mix, cfg.eval, cfg.sweep.seeds, device)
+    per_eval = timed(lambda: evaluator(trainer.student), 1, device, warmup=1)
+    ref = matmul_gflops(S * B, d, sum_n, device)
+    achieved = model_flops / per_step / 1e9
+    projected = full_steps * per_step + evals * per_eval
+    print(f"(b) paper_fig2 shape at one beta: d={d}, K={mix.num_tasks}, widths {cfg.sweep.widths}, "
+          f"{S} seeds, batch {B}, {device}; decoder bands {[[cfg.sweep.widths[c] for c in b] for b in st.bands]}")
+    print(f"    step            {per_step * 1e3:9.1f} ms   ({steps} timed steps)")
+    print(f"    model FLOPs     {model_flops / 1e9:9.2f} GFLOP/step -> {achieved:7.1f} GFLOP/s")
+    print(f"    executed FLOPs  {executed_flops / 1e9:9.2f} GFLOP/step -> {executed_flops / per_step / 1e9:7.1f} "
+          f"GFLOP/s (with padding and the decoders' zero blocks)")
+    print(f"    torch.matmul    {ref:9.1f} GFLOP/s at ({S * B} x {d}) @ ({d} x {sum_n})")
+    print(f"    fraction        {achieved / ref:9.1%}   (model GFLOP/s over torch.matmul's; target >= 50%)")
+    print(f"    one evaluation  {per_eval:9.2f} s")
+    print(f"    projected       {projected / 3600:9.2f} h for {full_steps} steps + {evals} evaluations "
+          f"(x{len([0.5, 1.0, 1.5, 2.0])} for the preset's beta sweep)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--default-steps", type=int, default=300)
+    ap.add_argument("--paper-steps", type=int, default=8)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    part_a(device, args.default_steps)
+    part_b(device, args.paper_steps)
+
+
+if __name__ == "__main__":
+    main()
