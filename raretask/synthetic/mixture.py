@@ -9,8 +9,8 @@ A task may instead give its covariance as a .npy file (d x d, symmetric PSD).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +207,7 @@ class Mixture:
     def ranks(self) -> list[int]:
         return [len(lam) for lam in self.eigenvalues]
 
-    @cached_property
+    @functools.cached_property
     def traces(self) -> np.ndarray:
         """Tr(C_k): task k's loss when predicting 0, i.e. the mean predictor's."""
         return np.array([lam.sum() for lam in self.eigenvalues])
@@ -240,7 +240,7 @@ class Mixture:
             scale[k, : len(idx)] = np.sqrt(self.eigenvalues[k])
         return cols, scale
 
-    @cached_property
+    @functools.cached_property
     def orthogonal(self) -> bool:
         """Are the task subspaces mutually orthogonal? Then M's eigenvalues are exactly the utilities."""
         B = np.concatenate(self.bases, axis=1)  # (d, R)
@@ -383,9 +383,22 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> t
     if pk or pn:
         a = torch.nn.functional.pad(a, (0, pk))
         b = torch.nn.functional.pad(b, (0, pn, 0, pk))
-    try:
+    if _grouped_mm_works(a.device.type, a.dtype):
         out = _GroupedMM.apply(a.contiguous(), b.contiguous(), offsets)
-    except (RuntimeError, NotImplementedError):
+    else:
         starts = torch.cat([offsets.new_zeros(1), offsets[:-1]]).tolist()
         out = torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, offsets.tolist()))])
     return out[:, :n] if pn else out
+
+
+@functools.cache
+def _grouped_mm_works(device: str, dtype: torch.dtype) -> bool:
+    """Does grouped_mm run forward and both backward forms on this device and dtype? (Probed once, on a tiny case.)"""
+    try:
+        a = torch.randn(8, 4, device=device, dtype=dtype, requires_grad=True)
+        b = torch.randn(2, 4, 4, device=device, dtype=dtype, requires_grad=True)
+        offsets = torch.tensor([3, 8], device=device, dtype=torch.int32)
+        _GroupedMM.apply(a, b, offsets).square().sum().backward()
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False

@@ -210,7 +210,8 @@ class Evaluator:
         self.F = mixture.frequent_set(e.frequent_mass)
         self.pi_F = torch.zeros(mixture.num_tasks, dtype=torch.float64, device=device)
         self.pi_F[self.F] = torch.as_tensor(mixture.frequencies[self.F], dtype=torch.float64, device=device)
-        self.generator = torch.Generator(device=device).manual_seed(sum(seeds) * 31 + 12345)
+        # one generator per seed (samples mode), so a cell's numbers never depend on the other cells of the sweep
+        self.generators = [torch.Generator(device=device).manual_seed(s * 31 + 12345) for s in seeds]
 
     @torch.no_grad()
     def __call__(self, student: SweepStudent) -> dict[str, np.ndarray]:
@@ -227,8 +228,8 @@ class Evaluator:
             if self.e.mode is EvalMode.EXACT:
                 loss[:, c] = E.square().sum((-1, -2))  # E_x ||E x||^2 = ||E||_F^2 for x ~ N(0, I)
             else:
-                x = torch.randn(S, K, self.e.samples, d, generator=self.generator, dtype=torch.float64,
-                                device=self.A.device)
+                x = torch.stack([torch.randn(K, self.e.samples, d, generator=g, dtype=torch.float64,
+                                             device=self.A.device) for g in self.generators])  # (S, K, n, d)
                 loss[:, c] = torch.einsum("skrd,sknd->sknr", E, x).square().sum(-1).mean(-1)
             _, sv, vh = torch.linalg.svd(W, full_matrices=False)  # P_W = V V^T over non-zero singular values
             keep = sv > 1e-7 * sv.amax(-1, keepdim=True).clamp_min(1e-300)
@@ -359,7 +360,8 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         step, curves, elapsed, n_running = ck["step"], ck["curves"], ck["elapsed"], ck["n_running"]
         running = ck["running"].to(device)
         trainer.load_state_dict(ck["trainer"])
-        evaluator.generator.set_state(ck["eval_generator"])
+        for g, state in zip(evaluator.generators, ck["eval_generators"]):
+            g.set_state(state)
     else:
         curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0, train_loss=None))  # null
     task = progress.add_task(label, total=t.steps, completed=step) if progress else None
@@ -380,7 +382,7 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         if step % t.checkpoint_every == 0 and step < t.steps:
             state = {"step": step, "curves": curves, "running": running.cpu(), "n_running": n_running,
                      "elapsed": elapsed + time.perf_counter() - start, "trainer": trainer.state_dict(),
-                     "eval_generator": evaluator.generator.get_state()}
+                     "eval_generators": [g.get_state() for g in evaluator.generators]}
             with runs.atomic_path(ckpt_path) as tmp:
                 torch.save(state, tmp)
     wall = elapsed + time.perf_counter() - start
