@@ -28,6 +28,9 @@ def handles_errors(fn: Callable) -> Callable:
         except ConfigError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -103,8 +106,8 @@ def theory(config: str, overrides: tuple[str, ...], widths: str | None, as_json:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="theory: per-task loss of the width-N optimum (noise excluded)")
-    table.add_column("task")
+    table = Table(title="theory: normalised loss l_k / Tr(C_k) of the width-N optimum (noise excluded)")
+    table.add_column("task", no_wrap=True)
     table.add_column("pi", justify="right")
     table.add_column("rank", justify="right")
     table.add_column("N*(1)", justify="right")
@@ -113,12 +116,14 @@ def theory(config: str, overrides: tuple[str, ...], widths: str | None, as_json:
     for t in summary["tasks"]:
         n1 = t["staircase"]["1"]
         table.add_row(t["name"], f"{t['frequency']:.4g}", str(t["rank"]), "-" if n1 is None else str(int(n1)),
-                      *[f"{v:.3g}" for v in t["loss"]])
-    table.add_row("mixture", "", "", "", *[f"{v:.3g}" for v in summary["mixture_loss"]], style="bold")
+                      *[f"{v:.2f}" for v in t["normalised_loss"]])
     console = Console()
+    name_width = max(len(t["name"]) for t in summary["tasks"])
+    console.width = max(console.width, name_width + 26 + 8 * len(ws))  # never truncate numbers: wrap instead
     console.print(table)
     top = ", ".join(f"{u['task']}#{u['index']}={u['utility']:.3g}" for u in summary["utilities"][:12])
     console.print(f"utilities (high to low): {top}{' ...' if len(summary['utilities']) > 12 else ''}")
+    console.print("mixture loss L_N: " + ", ".join(f"N={n}: {v:.3g}" for n, v in zip(ws, summary["mixture_loss"])))
     console.print(f"frequent set F: {', '.join(summary['frequent_set'])}")
 
 

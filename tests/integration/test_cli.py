@@ -1,0 +1,74 @@
+"""The command line: theory, version, entry points, report, demo."""
+
+import json
+import re
+
+import numpy as np
+
+import raretask
+from raretask.config import load_config
+from raretask.synthetic.train import SynthConfig
+
+from .conftest import ROOT, run_module, summary
+
+DEFAULT = ROOT / "configs" / "synthetic" / "default.toml"
+
+
+def test_theory_json_matches_the_mixture(cli):
+    s = summary(cli("theory", DEFAULT, "--widths", "1,2,4,30", "--json"))
+    mix = load_config(SynthConfig, DEFAULT).mixture.build()
+    assert s["widths"] == [1, 2, 4, 30]
+    assert [t["name"] for t in s["tasks"]] == mix.names
+    expected = mix.theory_losses([1, 2, 4, 30])
+    for k, t in enumerate(s["tasks"]):
+        assert t["frequency"] == mix.frequencies[k]
+        assert t["eigenvalues"] == mix.eigenvalues[k].tolist()
+        np.testing.assert_allclose(t["loss"], expected[k])
+        assert t["loss"][-1] == 0.0  # 30 > total rank 16: everything is kept
+    np.testing.assert_allclose(s["mixture_loss"], mix.frequencies @ expected)
+    u = [x["utility"] for x in s["utilities"]]
+    assert u == sorted(u, reverse=True) and len(u) == sum(mix.ranks)
+    assert min(x["index"] for x in s["utilities"]) == 1
+    first = s["utilities"][0]
+    assert first["utility"] == mix.frequencies[0] * mix.eigenvalues[0][0]
+
+
+def test_theory_table_and_overrides(cli):
+    r = cli("theory", DEFAULT, "mixture.zipf=0.0")
+    assert r.exit_code == 0
+    assert "mixture loss L_N" in r.stdout and "frequent set F" in r.stdout
+    # with zipf = 0 all tasks are equally frequent: 'rare-simple' (lambda 2) gets its feature at width 4
+    row = next(ln for ln in r.stdout.splitlines() if "rare-simple" in ln)
+    assert re.search(r"rare-simple\s*│\s*0\.1667\s*│\s*1\s*│\s*4\s*│", row), row
+
+
+def test_version_and_module_entry_point():
+    r = run_module("--version")
+    assert r.returncode == 0 and raretask.__version__ in r.stdout
+    r = run_module("synth", "run", "--help")
+    assert r.returncode == 0 and "--dry-run" in r.stdout and "--out" in r.stdout
+
+
+def test_synth_keys_lists_documented_fields(cli):
+    r = cli("synth", "keys")
+    assert r.exit_code == 0
+    for key in ("mixture.zipf", "mixture.tasks[].decay", "train.lr", "sweep.widths", "eval.mode"):
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(key + " "))
+        assert len(line.split()) > 2  # a type and a doc string follow
+
+
+def test_demo_writes_report_with_its_figures(cli, tmp_path):
+    out = tmp_path / "demo"
+    r = cli("demo", "--out", out, "--no-progress")
+    assert r.exit_code == 0, r.stderr
+    page = (out / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert {"synthetic/phase_diagram.png", "synthetic/observed_vs_predicted.png"} <= set(images)
+    for img in images:
+        assert (out / img).stat().st_size > 5000
+    meta = json.loads((out / "synthetic" / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["versions"]["torch"].startswith("2.13")
+    assert meta["git_commit"] and meta["seeds"] == [0, 1, 2]
+    # the report is rebuilt from the run directory alone
+    r = cli("report", out / "synthetic")
+    assert r.exit_code == 0 and (out / "synthetic" / "report.html").is_file()
