@@ -5,10 +5,10 @@ kernels whatever the number of cells:
 
   encoder  W    (S, rows, d)          the cells' encoders stacked along rows: cell c owns rows [o_c, o_c + N_c)
   decoder  D    (S, K, rows, r_max)   compact: D[s, k, rows of c] is cell c's decoder for task k, transposed
-  (rows = sum_N rounded up to a multiple of 4)
+  (rows = sum_N, each band of cells padded to a multiple of 4 rows)
 
 Forward: h = x W^T for all cells at once (one bmm), then every (seed, task) group of rows meets a block-diagonal
-decoder (one grouped_mm), giving each cell's prediction. Cells share no parameters and the loss is a sum of cell
+decoder (one grouped_mm per band of cells, see plan_bands), giving each cell's prediction. Cells share no parameters and the loss is a sum of cell
 losses, so each cell's gradient is its own; Adam is element-wise and gradient clipping is done per cell, so the
 batched sweep trains every cell exactly as if it were alone (tests compare against `CellStudent`).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raretask.config import StrEnum

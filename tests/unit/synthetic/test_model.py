@@ -158,3 +158,16 @@ def test_sampled_evaluation_matches_exact_expectation(cfg):
     assert rel.max() < 0.06  # chi-square-like spread of a 20000-sample mean, far below this
     assert (sampled["loss"] != exact["loss"]).all()  # really sampled
     assert (sampled["signal"] == exact["signal"]).all()  # the signal is a property of W alone
+
+
+def test_reused_block_buffer_is_guarded(cfg):
+    """The block-diagonal decoder buffer is reused across steps; a second forward before backward must raise
+    rather than silently give the first graph wrong gradients."""
+    c = cfg()
+    mix = c.mixture.build()
+    sweep = SweepStudent(mix.dim, mix.ranks, [2, 4], [0])
+    batch = TaskStream(mix, [0], torch.device("cpu")).sample(8)
+    first = sweep.cell_losses(sweep(batch.x, batch.offsets), batch.y, 8).sum()
+    sweep(batch.x, batch.offsets)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
