@@ -104,7 +104,10 @@ def prepare_run_dir(out: Path, config_toml: str, overwrite: bool = False) -> boo
     An existing directory holding a different config is an error (unless overwrite), so runs are never mixed."""
     out = Path(out)
     existing = out / "config.toml"
+    is_run = existing.is_file() and (out / "meta.json").is_file()
     if out.exists() and overwrite:
+        if any(out.iterdir()) and not is_run:  # never delete a folder raretask did not make
+            raise ConfigError(f"--out {out}: not a raretask run directory; refusing to delete it for --overwrite")
         shutil.rmtree(out)
     elif existing.is_file():
         if existing.read_text() != config_toml:

@@ -85,3 +85,12 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(cli, tmp_path):
     assert resolved["train"]["lr"] == 0.003 and resolved["sweep"]["widths"] == [1, 2, 4]
     assert resolved["mixture"]["tasks"][1]["name"] == "b"
     assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_refuses_a_folder_raretask_did_not_make(cli, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    r = cli("synth", "run", write(tmp_path), "--out", out, "--overwrite", "--no-progress")
+    assert r.exit_code == 2 and "refusing to delete" in r.stderr
+    assert (out / "thesis.tex").read_text() == "years of work"
