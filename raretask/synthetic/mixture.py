@@ -303,19 +303,20 @@ class TaskStream:
     def __init__(self, mixture: Mixture, seeds: list[int], device: torch.device, dtype: torch.dtype = torch.float32):
         self.mixture, self.device, self.dtype = mixture, device, dtype
         self.generators = [torch.Generator(device=device).manual_seed(_stream_seed(s)) for s in seeds]
-        S, K = len(seeds), mixture.num_tasks
+        S = len(seeds)
         self.probs = torch.as_tensor(mixture.frequencies, dtype=torch.float64, device=device)
-        # Teachers transposed for grouped_mm, one copy per (seed, task) group: (S*K, d, r_max).
-        A = torch.as_tensor(mixture.teachers(), dtype=dtype, device=device).transpose(1, 2)
-        self.teachers_t = A.repeat(S, 1, 1).contiguous()
         self.ranks = torch.as_tensor(mixture.ranks, device=device).repeat(S)  # (S*K,)
         self.r_max = max(mixture.ranks)
         # Coordinate-aligned tasks (orthogonal placement): y_k is a scaled subset of x's coordinates, a gather.
-        self.gather = mixture.coordinate_columns()
+        # Otherwise the teachers, transposed for grouped_mm, one copy per (seed, task) group: (S*K, d, r_max).
+        self.gather, self.teachers_t = mixture.coordinate_columns(), None
         if self.gather is not None:
             cols, scale = self.gather
             self.gather = (torch.as_tensor(cols, device=device).repeat(S, 1),
                            torch.as_tensor(scale, dtype=dtype, device=device).repeat(S, 1))  # (S*K, r_max)
+        else:
+            A = torch.as_tensor(mixture.teachers(), dtype=dtype, device=device).transpose(1, 2)
+            self.teachers_t = A.repeat(S, 1, 1).contiguous()
 
     def sample(self, batch_size: int) -> Batch:
         S, d = len(self.generators), self.mixture.dim

@@ -335,7 +335,7 @@ class SweepTrainer:
             self.student.clip_grad_norm_(t.clip)
         self.opt.step()
         self.sched.step()
-        if self.cfg.model.encoder is EncoderKind.ORTHONORMAL:
+        if self.student.kind is EncoderKind.ORTHONORMAL:
             self.student.retract_()
         return losses.detach()
 
@@ -423,7 +423,7 @@ def train_cell(cfg: SynthConfig, seed: int, width: int, steps: int | None = None
             torch.nn.utils.clip_grad_norm_(student.parameters(), t.clip)
         opt.step()
         sched.step()
-        if cfg.model.encoder is EncoderKind.ORTHONORMAL:
+        if student.kind is EncoderKind.ORTHONORMAL:
             student.retract_()
     return student
 
