@@ -354,8 +354,8 @@ def _stream_seed(seed: int) -> int:
 
 
 class _GroupedMM(torch.autograd.Function):
-    """grouped_mm with its backward written as two more grouped_mm calls. (torch's own CPU backward goes through a
-    per-group select whose gradient materialises a full-size zero tensor per group: 50x slower at paper scale.)"""
+    """grouped_mm with its backward written as two more grouped_mm calls: 1.5x faster than torch's own backward on
+    this CPU (12.5 vs 18.5 ms forward + backward at a paper-scale decoder shape), identical gradients (tested)."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -377,7 +377,8 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> t
     """Rows of `a` (M, k) in consecutive groups ending at `offsets` (G,); group g is multiplied by b[g] (k, n).
 
     One grouped_mm kernel forward and two backward. Its kernels want 16-byte aligned strides, so k and n are
-    zero-padded to multiples of 4 when needed (the padding contributes exact zeros). Where a device or dtype
+    zero-padded to multiples of 4 when needed (the padding contributes exact zeros); unaligned, torch raises, and a
+    per-group Python loop is 7x slower per training step at paper scale. Where a device or dtype
     lacks grouped_mm, a loop over groups does the same."""
     k, n = a.shape[1], b.shape[2]
     pk, pn = -k % 4, -n % 4
