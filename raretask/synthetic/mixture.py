@@ -309,9 +309,11 @@ class TaskStream:
         self.r_max = max(mixture.ranks)
         # Coordinate-aligned tasks (orthogonal placement): y_k is a scaled subset of x's coordinates, a gather.
         # Otherwise the teachers, transposed for grouped_mm, one copy per (seed, task) group: (S*K, d, r_max).
-        self.gather, self.teachers_t = mixture.coordinate_columns(), None
-        if self.gather is not None:
-            cols, scale = self.gather
+        columns = mixture.coordinate_columns()
+        self.gather: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.teachers_t: torch.Tensor | None = None
+        if columns is not None:
+            cols, scale = columns
             self.gather = (torch.as_tensor(cols, device=device).repeat(S, 1),
                            torch.as_tensor(scale, dtype=dtype, device=device).repeat(S, 1))  # (S*K, r_max)
         else:
@@ -376,10 +378,9 @@ class _GroupedMM(torch.autograd.Function):
 def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Rows of `a` (M, k) in consecutive groups ending at `offsets` (G,); group g is multiplied by b[g] (k, n).
 
-    One grouped_mm kernel forward and two backward. Its kernels want 16-byte aligned strides, so k and n are
-    zero-padded to multiples of 4 when needed (the padding contributes exact zeros); unaligned, torch raises, and a
-    per-group Python loop is 7x slower per training step at paper scale. Where a device or dtype
-    lacks grouped_mm, a loop over groups does the same."""
+    One grouped_mm kernel forward and two backward. The kernel refuses strides that are not 16-byte aligned, so k
+    and n are zero-padded to multiples of 4 when needed (the padding contributes exact zeros). Where a device or
+    dtype lacks grouped_mm, a loop over groups does the same (7x slower per training step at paper scale)."""
     k, n = a.shape[1], b.shape[2]
     pk, pn = -k % 4, -n % 4
     if pk or pn:

@@ -8,9 +8,10 @@ kernels whatever the number of cells:
   (rows = sum_N, each band of cells padded to a multiple of 4 rows)
 
 Forward: h = x W^T for all cells at once (one bmm), then every (seed, task) group of rows meets a block-diagonal
-decoder (one grouped_mm per band of cells, see plan_bands), giving each cell's prediction. Cells share no parameters and the loss is a sum of cell
-losses, so each cell's gradient is its own; Adam is element-wise and gradient clipping is done per cell, so the
-batched sweep trains every cell exactly as if it were alone (tests compare against `CellStudent`).
+decoder (one grouped_mm per band of cells, see plan_bands), giving each cell's prediction. Cells share no
+parameters and the loss is a sum of cell losses, so each cell's gradient is its own; Adam is element-wise and
+gradient clipping is done per cell, so the batched sweep trains every cell exactly as if it were alone (tests
+compare against `CellStudent`).
 """
 
 from __future__ import annotations

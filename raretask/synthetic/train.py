@@ -18,8 +18,8 @@ s_k = Tr(P_W C_k)/Tr(C_k) with P_W from the SVD of W, corrected s~_k, and the fr
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
