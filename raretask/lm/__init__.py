@@ -1,0 +1,1 @@
+"""LM lab: OLMo-core pretraining with injected tasks at controlled frequencies."""
