@@ -32,6 +32,10 @@ import pyarrow.parquet as pq
 from raretask.config import ConfigError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once (os.umask can only be read by setting it)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
@@ -41,6 +45,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would have
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

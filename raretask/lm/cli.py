@@ -20,7 +20,154 @@ def lm() -> None:
 # ------------------------------------------------------------------------------------ models, corpus, tokenizers
 
 
+@lm.command("models")
+@click.option("--arch", type=click.Choice(["olmo_0724", "olmo2"]), default="olmo_0724", show_default=True,
+              help="architecture the parameters are counted for")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list of objects, one per preset")
+@handles_errors
+def models_command(arch: str, as_json: bool) -> None:
+    """The model ladder: paper Table 1 (4M..4B) and the CPU ladder, with parameters and training memory.
+
+    Parameters are counted on OLMo-core's built model (meta device) at each preset's vocabulary; memory is the
+    fp32 training estimate of raretask.lm.models.memory_estimate at the preset's recipe (micro-batch x context)."""
+    import json
+
+    from raretask.lm.models import list_models
+
+    rows = list_models(arch)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"model ladder ({arch}; non-embedding = without the embedding and LM-head matrices)")
+    heads = [("name", "name"), ("params", "params"), ("non_embedding_params", "non-emb."), ("d_model", "d"),
+             ("n_layers", "layers"), ("n_heads", "heads"), ("mlp_hidden", "MLP dim"), ("vocab_size", "vocab"),
+             ("sequence_length", "context"), ("micro_batch_size", "micro-batch"), ("memory_gb", "train GB")]
+    for _, title in heads:
+        table.add_column(title, justify="left" if title == "name" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(*[f"{r[k]:.1f}" if k == "memory_gb" else f"{r[k]:,}" if isinstance(r[k], int) else str(r[k])
+                        for k, _ in heads])
+    console = Console()
+    console.width = max(console.width, 132)  # never truncate numbers
+    console.print(table)
+
+
+@lm.command("prepare")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), help="corpus directory (default: runs/corpus/<config name>)")
+@click.option("--overwrite", is_flag=True, help="delete an existing corpus in --out first")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary of the manifest on stdout")
+@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@handles_errors
+def prepare_command(config: str, overrides: tuple[str, ...], out: str | None, overwrite: bool, no_progress: bool,
+                    as_json: bool, dry_run: bool) -> None:
+    """Clean, tokenize and split a corpus CONFIG into OLMo-core token files (train.npy, heldout.npy) + manifest.
+
+    Re-running the same config into the same --out does nothing; a different config there is refused."""
+    import json
+    from pathlib import Path
+
+    from raretask.config import load_config
+    from raretask.lm.corpus import CorpusConfig, prepare
+
+    cfg = load_config(CorpusConfig, config, list(overrides))
+    if dry_run:
+        click.echo(cfg.to_toml(), nl=False)
+        return
+    out_dir = Path(out) if out else Path("runs") / "corpus" / Path(config).stem
+    manifest = prepare(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(manifest.summary()))
+    else:
+        click.echo(f"wrote {out_dir}: {manifest.train_tokens:,} training and {manifest.heldout_tokens:,} held-out "
+                   f"tokens ({manifest.tokenizer_name}, vocab {manifest.vocab_size} padded "
+                   f"{manifest.padded_vocab_size}, {manifest.dtype})")
+
+
 # ------------------------------------------------------------------------------------------ tasks and injection
 
 
+@lm.command("natural-frequency")
+@click.argument("source", type=click.Path())
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(), default=None,
+              help="tokenizer.json that made the tokens (default: the corpus directory's)")
+@click.option("--dtype", default=None, help="token dtype of a raw token file (default: the manifest's, else uint16)")
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+@handles_errors
+def natural_frequency(source: str, tokenizer_path: str | None, dtype: str | None, as_json: bool) -> None:
+    """How often the corpus has the reference tasks R_cmp / R_add (paper Fig. 6a): exact n-gram counts.
+
+    SOURCE is a corpus directory made by `raretask lm prepare` (its manifest.json names the train tokens, dtype
+    and tokenizer) or a raw token file (then --tokenizer is required)."""
+    import json
+
+    from raretask.lm.reference import count_natural_frequency, load_tokenizer_file, resolve_source
+
+    token_path, np_dtype, tok_path = resolve_source(source, tokenizer_path, dtype)
+    counts = count_natural_frequency(token_path, np_dtype, load_tokenizer_file(tok_path))
+    if as_json:
+        click.echo(json.dumps({"source": str(token_path), **counts}, indent=2))
+        return
+    click.echo(f"{token_path}: {counts['tokens']:,} tokens")
+    for name in ("cmp", "add"):
+        c = counts[name]
+        extra = (f"followed by a larger number {c['followed_by_larger']:,}" if name == "cmp"
+                 else f"followed by the sum {c['followed_by_sum']:,}")
+        click.echo(f"  R_{name}  {c['template']!r:32} {c['count']:>10,}  = {c['per_token']:.3g} per token  "
+                   f"(bare {c['bare']:,}, spaced {c['spaced']:,}; {extra})")
+
+
 # --------------------------------------------------------------------------------------------- train and sweep
+
+
+@lm.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/lm/<config name>)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--verbose", is_flag=True, help="OLMo-core's INFO log on stderr")
+@handles_errors
+def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
+                  overwrite: bool, no_progress: bool, verbose: bool) -> None:
+    """Pretrain CONFIG's model on its corpus with its tasks injected; metrics every eval.every steps.
+
+    Writes --out/metrics.parquet (one row per evaluation and task), injections.parquet, checkpoints/ and meta.json.
+    Re-running into the same --out resumes from the last checkpoint with identical numbers; a finished run is read
+    back. Data-parallel on several GPUs: `torchrun --nproc-per-node G -m raretask.lm.train CONFIG --out DIR`."""
+    import json
+    from pathlib import Path
+
+    from raretask.config import load_config
+    from raretask.lm.train import LMConfig, train
+
+    cfg = load_config(LMConfig, config, list(overrides))
+    if dry_run:
+        click.echo(cfg.to_toml(), nl=False)
+        return
+    out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
+    result = train(cfg, out_dir, progress=not no_progress, overwrite=overwrite, verbose=verbose)
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+        return
+    s = result.summary()
+    click.echo(f"wrote {out_dir}: {s['steps']} steps, {s['tokens']:,} tokens, held-out loss {s['heldout_loss']:.3f}")
+    for t in s["tasks"]:
+        click.echo(f"  {t['name']:16s} train loss {t['train_loss']:.3f}  test acc {t['test_acc_labels']:.3f} (labels) "
+                   f"{t['test_acc_vocab']:.3f} (vocab)")
+
+
+@lm.command("keys")
+def train_keys() -> None:
+    """List every key of an LM training config with its type and meaning."""
+    from raretask.lm.train import LMConfig
+
+    for key, tp, doc in LMConfig.field_docs():
+        click.echo(f"{key:32s} {tp:28s} {doc}")
