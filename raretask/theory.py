@@ -239,3 +239,60 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, offset: float = 0.0) -> tuple[fl
         raise ValueError("power-law fit needs x > 0 and y > offset")
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
     return float(np.exp(intercept)), float(-slope)
+
+
+# ------------------------------------------------------------------------- App. D: complexity as spectral decay
+
+
+def energy_count(eigenvalues: np.ndarray, fraction: float = 0.9) -> int:
+    """How many leading directions hold more than `fraction` of a spectrum's energy (App. D's complexity):
+    min{r : sum_{j <= r} lambda_j > fraction * sum_j lambda_j}, eigenvalues sorted high to low."""
+    lam = np.asarray(eigenvalues, float)
+    share = np.cumsum(lam) / lam.sum()  # increasing; a share within 1e-12 of the level does not exceed it
+    return min(int(np.count_nonzero(share <= fraction + 1e-12)) + 1, len(lam))
+
+
+def max_energy_count(rank: int, fraction: float = 0.9) -> int:
+    """The largest energy_count a decaying power law lambda_j = j^-alpha (alpha >= 0) of this rank can have: the flat
+    spectrum's (alpha = 0)."""
+    return energy_count(np.ones(rank), fraction)
+
+
+def decay_for_energy_count(count: int, rank: int, fraction: float = 0.9) -> float:
+    """A decay exponent alpha >= 0 whose spectrum lambda_j = j^-alpha (j = 1..rank) has energy_count == `count`.
+
+    Every alpha in an interval gives that count; this one puts the `fraction` level in the geometric middle of the
+    tail energies on either side, sqrt(T_{count-1}(alpha) T_count(alpha)) = 1 - fraction with
+    T_r = sum_{j > r} lambda_j / sum_j lambda_j (T_r falls with alpha, strictly, so the root is unique and
+    T_count < 1 - fraction < T_{count-1}, i.e. the count is exactly `count`). Where even the flat spectrum
+    sits below that level, alpha = 0. E.g. rank 32: count 5 -> alpha = 2.03 (the paper's alpha = 2 also has 5)."""
+    top = max_energy_count(rank, fraction)
+    if not 1 <= count <= top:
+        raise ValueError(f"count {count} is outside 1..{top}, the range of j^-alpha spectra of rank {rank}")
+    j = np.arange(1, rank + 1, dtype=float)
+    target = (1.0 - fraction) ** 2
+
+    def excess(alpha: float) -> float:  # T_{c-1} T_c - (1 - q)^2, strictly decreasing in alpha
+        lam = j**-alpha
+        tails = 1.0 - np.concatenate([[0.0], np.cumsum(lam)]) / lam.sum()  # tails[r] = T_r
+        return float(max(tails[count - 1], 0.0) * max(tails[count], 0.0) - target)
+
+    if excess(0.0) <= 0.0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while excess(hi) > 0.0:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):  # bisection to float resolution
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if excess(mid) > 0.0 else (lo, mid)
+    return hi
+
+
+def complexity_decays(lo: int, hi: int, count: int, rank: int, fraction: float = 0.9) -> np.ndarray:
+    """App. D's complexity sweep: K = `count` decay exponents spread uniformly over [alpha(hi), alpha(lo)], task 0
+    (the most frequent) getting alpha(lo), the fastest decay (`lo` directions hold `fraction` of its energy) and the
+    last task alpha(hi). alpha(c) = decay_for_energy_count(c, rank, fraction). (count,), high to low."""
+    a_max, a_min = decay_for_energy_count(lo, rank, fraction), decay_for_energy_count(hi, rank, fraction)
+    return np.linspace(a_max, a_min, count) if count > 1 else np.array([a_max])

@@ -47,6 +47,26 @@ class TasksFromConfig(Config):
     decay: float = option(1.0, "spectrum decay of every task")
     scale: float = option(1.0, "spectrum scale of every task")
     prefix: str = option("task", "tasks are named <prefix>00, <prefix>01, ...")
+    energy90: list[int] | None = option(None, "[lo, hi]: decays spread so 90% of the energy takes lo directions "
+                                              "(first task) .. hi (last); instead of decay")
+
+    def decays(self, p: str = "mixture.tasks_from") -> list[float]:
+        """Each generated task's decay alpha_k. With energy90 = [lo, hi] (App. D's complexity sweep): alpha_k spread
+        uniformly from alpha(lo) for task 0 (the most frequent under zipf: the fastest decay, the simplest task) to
+        alpha(hi) for the last, alpha(c) = theory.decay_for_energy_count(c, rank, 0.9), so task 0's top lo directions
+        hold 90% of its energy and the last task's top hi. [5, 5] gives every task alpha = 2.03 at rank 32."""
+        if self.energy90 is None or self.count < 1 or self.rank < 1:
+            return [self.decay] * max(self.count, 0)  # a bad count or rank is reported by the mixture's own checks
+        if len(self.energy90) != 2:
+            raise ConfigError(f"{p}.energy90: expected [lo, hi], got {self.energy90}")
+        if self.decay != 1.0:
+            raise ConfigError(f"{p}.decay: set either decay or energy90, not both")
+        lo, hi = self.energy90
+        top = theory.max_energy_count(self.rank, 0.9)
+        if not 1 <= lo <= hi <= top:
+            raise ConfigError(f"{p}.energy90: [{lo}, {hi}] must satisfy 1 <= lo <= hi <= {top} (the most directions "
+                              f"a decaying spectrum of rank {self.rank} can need for 90% of its energy)")
+        return theory.complexity_decays(lo, hi, self.count, self.rank, 0.9).tolist()
 
 
 @dataclass
@@ -68,8 +88,8 @@ class MixtureConfig(Config):
             return self.tasks
         g = self.tasks_from
         width = max(2, len(str(g.count - 1)))
-        return [TaskConfig(name=f"{g.prefix}{i:0{width}d}", rank=g.rank, decay=g.decay, scale=g.scale)
-                for i in range(g.count)]
+        return [TaskConfig(name=f"{g.prefix}{i:0{width}d}", rank=g.rank, decay=decay, scale=g.scale)
+                for i, decay in enumerate(g.decays())]
 
     def validate(self, path: str = "mixture") -> None:
         super().validate(path)
@@ -320,12 +340,17 @@ class TaskStream:
             A = torch.as_tensor(mixture.teachers(), dtype=dtype, device=device).transpose(1, 2)
             self.teachers_t = A.repeat(S, 1, 1).contiguous()
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, counts: torch.Tensor | None = None) -> Batch:
+        """A fresh batch per seed. `counts` (S, K), each row summing to batch_size, replaces the multinomial draw
+        of the tasks (a schedule then decides how many samples of each task the batch holds)."""
         S, d = len(self.generators), self.mixture.dim
-        # One RNG call per seed (not per cell): independent, reproducible per-seed streams.
-        counts = torch.stack([
-            torch.bincount(torch.multinomial(self.probs, batch_size, replacement=True, generator=g),
-                           minlength=self.mixture.num_tasks) for g in self.generators])  # (S, K)
+        if counts is None:
+            # One RNG call per seed (not per cell): independent, reproducible per-seed streams.
+            counts = torch.stack([
+                torch.bincount(torch.multinomial(self.probs, batch_size, replacement=True, generator=g),
+                               minlength=self.mixture.num_tasks) for g in self.generators])  # (S, K)
+        else:
+            counts = _checked_counts(counts, S, self.mixture.num_tasks, batch_size, self.device)
         x = torch.stack([torch.randn(batch_size, d, generator=g, device=self.device, dtype=self.dtype)
                          for g in self.generators])  # (S, B, d)
         offsets = torch.cumsum(counts.flatten(), 0).to(torch.int32)  # (S*K,)
@@ -349,6 +374,16 @@ class TaskStream:
     def load_state(self, states: list[torch.Tensor]) -> None:
         for g, s in zip(self.generators, states):
             g.set_state(s)
+
+
+def _checked_counts(counts: torch.Tensor, seeds: int, tasks: int, batch_size: int,
+                   device: torch.device) -> torch.Tensor:
+    """Given task counts as int64 on the stream's device; a wrong shape or row sum is a programming error."""
+    counts = torch.as_tensor(counts).to(device=device, dtype=torch.int64)
+    if counts.shape != (seeds, tasks) or bool((counts < 0).any()) or bool((counts.sum(1) != batch_size).any()):
+        raise ValueError(f"counts must be ({seeds}, {tasks}) non-negative with rows summing to {batch_size}, "
+                         f"got shape {tuple(counts.shape)}")
+    return counts
 
 
 def _stream_seed(seed: int) -> int:

@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -324,10 +324,12 @@ class SweepTrainer:
         self.opt = make_optimizer(t, list(self.student.parameters()))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(t, step))
 
-    def step(self) -> torch.Tensor:
-        """One optimiser step of every cell on a fresh batch; returns the cells' batch losses (S, C)."""
+    def step(self, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimiser step of every cell on a fresh batch; returns the cells' batch losses (S, C).
+
+        `counts` (S, K): how many samples of each task the batch holds (a schedule's), instead of drawing from pi."""
         t = self.cfg.train
-        batch = self.stream.sample(t.batch_size)
+        batch = self.stream.sample(t.batch_size, counts)
         losses = self.student.cell_losses(self.student(batch.x, batch.offsets), batch.y, t.batch_size)
         self.opt.zero_grad(set_to_none=True)  # fresh gradients: no zero-fill, no accumulate
         losses.sum().backward()  # cells are independent: each gets the gradient of its own loss
@@ -350,8 +352,12 @@ class SweepTrainer:
         self.stream.load_state(state["stream"])
 
 
-def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str = "train") -> GroupResult:
-    """Train every (seed, width) cell of one grid point together; checkpoints in gdir; returns its tables."""
+def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str = "train",
+                on_eval: Callable[[int, SweepStudent], dict[str, np.ndarray]] | None = None) -> GroupResult:
+    """Train every (seed, width) cell of one grid point together; checkpoints in gdir; returns its tables.
+
+    `on_eval(step, student)`, if given, runs at every evaluation (step 0 included) and returns extra per-cell
+    metrics, each an (S, C) array; they become columns of the curves and results rows (one value per cell)."""
     trainer = SweepTrainer(cfg)
     mixture, student, device = trainer.mixture, trainer.student, trainer.device
     t, widths, seeds = cfg.train, cfg.sweep.widths, cfg.sweep.seeds
@@ -367,7 +373,9 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         for g, state in zip(evaluator.generators, ck["eval_generators"]):
             g.set_state(state)
     else:
-        curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0, train_loss=None))  # null
+        extra = on_eval(0, student) if on_eval else {}
+        curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=0, train_loss=None,  # null
+                                  **extra))
     task = progress.add_task(label, total=t.steps, completed=step) if progress else None
     start = time.perf_counter()
     first_step = step
@@ -378,7 +386,9 @@ def train_group(cfg: SynthConfig, gdir: Path, progress: Any = None, label: str =
         n_running += 1
         if step % cfg.eval.every == 0 or step == t.steps:
             train_loss = (running / n_running).cpu().numpy()
-            curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=step, train_loss=train_loss))
+            extra = on_eval(step, student) if on_eval else {}
+            curves.append(metric_rows(evaluator(student), mixture, widths, seeds, step=step, train_loss=train_loss,
+                                      **extra))
             running.zero_()
             n_running = 0
         if progress:
