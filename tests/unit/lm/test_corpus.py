@@ -1,4 +1,4 @@
-"""Corpus preparation: cleaning rules, token files that round-trip, OLMo-core reads them, manifest checks."""
+"""Corpus preparation: token files that round-trip, OLMo-core reads them, manifest checks (sources: test_sources)."""
 
 import gzip
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raretask.config import ConfigError, load_config
-from raretask.lm.corpus import CorpusConfig, Manifest, SourceConfig, clean_text, prepare, token_dtype
+from raretask.lm.corpus import CorpusConfig, Manifest, SourceConfig, prepare, token_dtype
 from raretask.lm.tokenizers import load_tokenizer
 
 DOCS = ["The first document.\nIt has two lines.", "Second: numbers 12 + 30 = 42.", "Third — with a dash, "
@@ -35,23 +35,6 @@ def documents(tokens, eos):
     assert len(tokens) == 0 or tokens[-1] == eos
     ends = np.flatnonzero(tokens == eos)
     return [tuple(tokens[a + 1 if i else 0:b].tolist()) for i, (a, b) in enumerate(zip(np.r_[-1, ends], ends))]
-
-
-@pytest.mark.parametrize("raw, clean", [
-    ("profits of Â£600m", "profits of £600m"),  # UTF-8 read as Latin-1
-    ("a cafÃ© and itâ€™s", "a café and it’s"),  # ... and as cp1252
-    ('The Senate voted on DeVos"?highly contentious', "The Senate voted on DeVos' highly contentious"),
-    ('a worse choice,"?Sen. Warren', 'a worse choice," Sen. Warren'),
-    ('could determine "?at least temporarily "?the fate', "could determine — at least temporarily — the fate"),
-    ('threat this morning."? Northeast', 'threat this morning." Northeast'),
-    ('Bill O"Reilly didn"t', "Bill O'Reilly didn't"),
-    ("Sinn F\ufffdin and garda\ufffd", "Sinn Fin and garda"),
-    ("a\u00a0 b\u200b\tc\x07d", "a b cd"),
-    ("  one\n\n\n\n two  \r\n", "one\n\ntwo"),
-    ('São Paulo — "quoted" 10°C, naïve Ã alone', 'São Paulo — "quoted" 10°C, naïve Ã alone'),  # clean text kept
-])
-def test_clean_text(raw, clean):
-    assert clean_text(raw) == clean
 
 
 def test_token_files_round_trip_in_source_order(tmp_path):
