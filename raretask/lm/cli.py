@@ -146,9 +146,9 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
     from pathlib import Path
 
     from raretask.config import load_config
-    from raretask.lm.train import LMConfig, train
+    from raretask.lm.train import LMConfig, cwd_overrides, train
 
-    cfg = load_config(LMConfig, config, list(overrides))
+    cfg = load_config(LMConfig, config, cwd_overrides(overrides))
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)
         return
@@ -171,3 +171,47 @@ def train_keys() -> None:
 
     for key, tp, doc in LMConfig.field_docs():
         click.echo(f"{key:32s} {tp:28s} {doc}")
+
+
+@lm.command("sweep")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), help="sweep directory (default: runs/lm/<config name>)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--dry-run", is_flag=True, help="print the resolved config and its cells, and exit")
+@click.option("--overwrite", is_flag=True, help="delete an existing sweep in --out first")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@handles_errors
+def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
+                  overwrite: bool, no_progress: bool) -> None:
+    """Train every cell of CONFIG's grid (sizes x frequencies x tasks x gaps x seeds), one run each, then write
+    results.parquet, curves.parquet and the paper's Fig. 5, 6, 22, 23 to --out.
+
+    CONFIG is an LM training config plus a [sweep] table (see raretask.lm.sweep); `data.manifest=DIR` on the
+    command line is relative to the working directory. Re-running into the same --out skips finished cells and
+    resumes an unfinished one from its last checkpoint. Several GPUs:
+    `torchrun --nproc-per-node G -m raretask.lm.sweep CONFIG --out DIR`."""
+    import json
+    from pathlib import Path
+
+    from raretask.config import load_config
+    from raretask.lm.sweep import LMSweepConfig, expand_cells, run_sweep
+    from raretask.lm.train import cwd_overrides
+
+    cfg = load_config(LMSweepConfig, config, cwd_overrides(overrides))
+    if dry_run:
+        cells = expand_cells(cfg)
+        click.echo(cfg.to_toml(), nl=False)
+        click.echo(f"\n# {len(cells)} cells:\n" + "\n".join(f"#   {c.slug}" for c in cells))
+        return
+    out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
+    result = run_sweep(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+        return
+    click.echo(f"wrote {out_dir}: {len(result.cells)} cells, results.parquet, curves.parquet and figures")
+    nan = float("nan")
+    for r in result.summary()["results"]:
+        loss, acc = r.get("train_loss"), r.get("test_acc_labels")
+        click.echo(f"  {r['cell']:40s} {r['task'] or '-':16s} train loss {nan if loss is None else loss:.3f}"
+                   f"  test acc {nan if acc is None else acc:.3f}")

@@ -1,0 +1,356 @@
+"""In-loop evaluation of the LM lab (paper Sec. 4, Fig. 5/6): what the model has memorised and generalised of each
+injected task, and how good a language model it is, every `eval.every` steps.
+
+Per task (instances [TOK1, TOK2, LABEL], split 50/50 into train and test ids):
+  train_loss        memorisation: mean cross-entropy of LABEL after the prompt TOK1 TOK2, over train instances
+                    (the paper's "train loss");
+  train_acc_labels  the same instances, argmax over the task's label set == LABEL;
+  test_loss         cross-entropy of LABEL on held-out (never injected) test instances;
+  test_acc_labels   generalisation: argmax over the task's label set == LABEL, on test instances;
+  test_acc_vocab    argmax over the whole vocabulary == LABEL, on test instances (the model must also know the
+                    answer is a label at all).
+Per step: heldout_loss (mean next-token loss on a fixed prefix of the corpus' held-out split), lm_loss (mean training
+cross-entropy over the steps since the previous evaluation; its running sum is saved in each checkpoint), and the
+loss of each reference task (R_cmp, R_add: the corpus' own phrasings of comparison / addition, paper Fig. 6a) as
+`ref_<name>_loss`; `reference_loss` repeats the one that matches the row's task kind. Each row also has `step`,
+`tokens_seen`, the task's `kind` and its injection `frequency` (instances per token).
+
+The prompt is TOK1 TOK2 at the start of a sequence, where the injection places instances (`eval.prompt = "plain"`),
+or EOS TOK1 TOK2 (`"eos"`) for instances injected at document starts inside a packed sequence. Eval subsets are
+drawn once from `seed`, so every evaluation scores the same instances. Evaluation runs under torch.no_grad in eval
+mode and restores the previous mode; every data-parallel rank computes the same numbers (FSDP needs all ranks in
+each forward), rank 0 writes them.
+
+`LMEvalCallback` appends one row per (step, task) to DIR/metrics.parquet, rewritten atomically at each evaluation.
+It runs before the checkpointer (higher priority), so a checkpoint at step k always has its step-k row on disk; on
+resume it keeps only the rows up to the resumed step, so the table equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# OLMo-core warns at import that NVIDIA's transformer_engine is not installed; nothing here uses it.
+logging.getLogger("olmo_core.nn.attention.te_attn_api").setLevel(logging.ERROR)
+from olmo_core.train.callbacks import Callback  # noqa: E402
+
+from raretask import runs
+from raretask.config import Config, ConfigError, StrEnum, option
+
+# Columns of metrics.parquet, in order; `ref_<name>_loss` columns follow, one per reference task.
+COLUMNS = ["step", "tokens_seen", "task", "kind", "frequency", "train_loss", "train_acc_labels", "test_loss",
+           "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss", "lm_loss"]
+# The reference task whose loss `reference_loss` repeats, by task kind.
+REFERENCE_OF_KIND = {"comparison": "cmp", "modular_addition": "add"}
+
+
+class PromptKind(StrEnum):
+    PLAIN = "plain"
+    EOS = "eos"
+
+
+@dataclass
+class EvalConfig(Config):
+    every: int = option(100, "steps between evaluations (the last step is always evaluated)")
+    batch_seqs: int = option(256, "task prompts per evaluation forward pass (full sequences: a training micro-batch)")
+    train_instances: int = option(1000, "train instances per task scored for memorisation (0 = all)")
+    test_instances: int = option(1000, "test instances per task scored for generalisation (0 = all)")
+    heldout_tokens: int = option(32768, "tokens of the held-out split scored each time (its fixed prefix; 0 = none)")
+    heldout_seq_len: int = option(0, "sequence length of the held-out loss (0 = data.seq_len)")
+    prompt: PromptKind = option(PromptKind.PLAIN, "plain: TOK1 TOK2 at a sequence start; eos: EOS TOK1 TOK2")
+    reference: bool = option(True, "track the loss of the reference tasks R_cmp / R_add")
+    reference_examples: int = option(100, "examples per reference task (a fixed draw)")
+
+    def validate(self, path: str = "") -> None:
+        super().validate(path)
+        p = f"{path}." if path else ""
+        for name, value, low in [("every", self.every, 1), ("batch_seqs", self.batch_seqs, 1),
+                                 ("train_instances", self.train_instances, 0),
+                                 ("test_instances", self.test_instances, 0),
+                                 ("heldout_tokens", self.heldout_tokens, 0),
+                                 ("heldout_seq_len", self.heldout_seq_len, 0),
+                                 ("reference_examples", self.reference_examples, 1)]:
+            if value < low:
+                raise ConfigError(f"{p}{name}: must be >= {low}, got {value}")
+        if self.heldout_seq_len == 1:
+            raise ConfigError(f"{p}heldout_seq_len: must be 0 or >= 2 (one token predicts nothing)")
+
+
+# ------------------------------------------------------------------------------------------------ what is scored
+
+
+@dataclass
+class TaskProbe:
+    """The fixed instances of one task that every evaluation scores."""
+
+    name: str
+    kind: str
+    frequency: float
+    train_prompts: torch.Tensor  # (n_train, P) prompt tokens, P = 2 or 3
+    train_labels: torch.Tensor  # (n_train,)
+    test_prompts: torch.Tensor  # (n_test, P)
+    test_labels: torch.Tensor  # (n_test,)
+    label_set: torch.Tensor  # (m,) the task's label tokens
+
+
+@dataclass
+class ReferenceProbe:
+    """A reference task: token sequences whose last `targets[i]` tokens are scored (the answer after the prompt)."""
+
+    name: str
+    sequences: list[list[int]]
+    targets: list[int]
+
+
+@dataclass
+class EvalSet:
+    probes: list[TaskProbe]
+    heldout: torch.Tensor | None  # (n, L) held-out token windows
+    references: list[ReferenceProbe] = field(default_factory=list)
+
+
+def _subset(ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A fixed random subset of `n` ids (all of them when n is 0 or larger than the set), in sorted order."""
+    ids = np.asarray(ids)
+    if n == 0 or n >= len(ids):
+        return np.sort(ids)
+    return np.sort(rng.choice(ids, size=n, replace=False))
+
+
+def task_probe(task: Any, kind: str, frequency: float, cfg: EvalConfig, eos_id: int, seed: int) -> TaskProbe:
+    """Prompts and labels of `task` (raretask.lm.tasks.Task) scored at every evaluation."""
+    rng = np.random.default_rng([seed, 7919])  # its own stream: the subsets never depend on anything else
+    inst = np.asarray(task.instances, dtype=np.int64)  # (N, 3): TOK1 TOK2 LABEL
+
+    def prompts(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = inst[ids]
+        p = rows[:, :2]
+        if cfg.prompt is PromptKind.EOS:
+            p = np.concatenate([np.full((len(rows), 1), eos_id, dtype=np.int64), p], axis=1)
+        return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(rows[:, 2].copy())
+
+    tr_p, tr_l = prompts(_subset(task.train_ids, cfg.train_instances, rng))
+    te_p, te_l = prompts(_subset(task.test_ids, cfg.test_instances, rng))
+    labels = torch.as_tensor(np.asarray(task.label_tokens, dtype=np.int64))
+    return TaskProbe(task.name, kind, frequency, tr_p, tr_l, te_p, te_l, labels)
+
+
+def heldout_windows(tokens: np.ndarray, n_tokens: int, seq_len: int) -> torch.Tensor | None:
+    """The first n_tokens of the held-out split as (n, seq_len) windows (None if there is nothing to score)."""
+    n = min(n_tokens, len(tokens)) // seq_len
+    if n == 0:
+        return None
+    return torch.from_numpy(np.asarray(tokens[:n * seq_len], dtype=np.int64).reshape(n, seq_len))
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+Forward = Callable[..., Any]  # the train module's model_forward: (input_ids, **kw) -> logits or LMOutputWithLoss
+
+
+def _last_logits(forward: Forward, prompts: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Next-token logits after each prompt, (n, V) in float32 on `device`."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        logits = forward(prompts[i:i + batch].to(device), logits_to_keep=1)  # (b, 1, V)
+        out.append(logits[:, -1].float())
+    return torch.cat(out)
+
+
+def _scores(logits: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor) -> dict[str, float]:
+    """Cross-entropy of the label, and accuracy of the argmax over the label set and over the vocabulary."""
+    labels, label_set = labels.to(logits.device), label_set.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    acc_labels = (label_set[logits[:, label_set].argmax(-1)] == labels).double().mean().item()
+    acc_vocab = (logits.argmax(-1) == labels).double().mean().item()
+    return {"loss": loss, "acc_labels": acc_labels, "acc_vocab": acc_vocab}
+
+
+def task_metrics(forward: Forward, probe: TaskProbe, batch: int, device: torch.device) -> dict[str, float]:
+    tr = _scores(_last_logits(forward, probe.train_prompts, batch, device), probe.train_labels, probe.label_set)
+    te = _scores(_last_logits(forward, probe.test_prompts, batch, device), probe.test_labels, probe.label_set)
+    return {"train_loss": tr["loss"], "train_acc_labels": tr["acc_labels"], "test_loss": te["loss"],
+            "test_acc_labels": te["acc_labels"], "test_acc_vocab": te["acc_vocab"]}
+
+
+def heldout_loss(forward: Forward, windows: torch.Tensor, batch: int, device: torch.device) -> float:
+    """Mean next-token cross-entropy over every predicted position of the windows (the model's own loss code)."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch):
+        ids = windows[i:i + batch].to(device)  # (b, L)
+        labels = F.pad(ids[:, 1:], (0, 1), value=-100)  # next token; the last position predicts nothing
+        out = forward(ids, labels=labels, loss_reduction="sum", return_logits=False)
+        total += out.ce_loss.float().item()
+        count += ids.shape[0] * (ids.shape[1] - 1)
+    return total / count
+
+
+def reference_loss(forward: Forward, ref: ReferenceProbe, batch: int, device: torch.device) -> float:
+    """Mean cross-entropy of each reference sequence's answer tokens (its last `targets[i]` tokens). Sequences are
+    right-padded to a common length: causal attention keeps the padding out of every scored position."""
+    total, count = 0.0, 0
+    for i in range(0, len(ref.sequences), batch):
+        seqs, ks = ref.sequences[i:i + batch], ref.targets[i:i + batch]
+        L = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), L, dtype=torch.long)  # (b, L); padding id 0 is never scored
+        labels = torch.full((len(seqs), L), -100, dtype=torch.long)
+        for j, (s, k) in enumerate(zip(seqs, ks)):
+            ids[j, :len(s)] = torch.tensor(s)
+            labels[j, len(s) - k - 1:len(s) - 1] = ids[j, len(s) - k:len(s)]  # position t predicts token t + 1
+        out = forward(ids.to(device), labels=labels.to(device), loss_reduction="sum", return_logits=False)
+        total += out.ce_loss.float().item()
+        count += sum(ks)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: int, device: torch.device,
+             max_tokens: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """(per-task metrics by task name, per-step metrics) of the model now; leaves the model in its previous mode.
+
+    `batch` prompts go through one forward; full sequences (held-out windows, reference examples) at most
+    `max_tokens` tokens at a time (the training micro-batch, which fits memory: their logits are (b, L, V))."""
+    def rows(length: int) -> int:
+        return batch if max_tokens is None else max(1, min(batch, max_tokens // length))
+
+    was_training = model.training
+    model.eval()
+    try:
+        tasks = {p.name: task_metrics(forward, p, batch, device) for p in evalset.probes}
+        held = evalset.heldout
+        step: dict[str, float] = {"heldout_loss": float("nan") if held is None
+                                  else heldout_loss(forward, held, rows(held.shape[1]), device)}
+        for ref in evalset.references:
+            longest = max(len(s) for s in ref.sequences)
+            step[f"ref_{ref.name}_loss"] = reference_loss(forward, ref, rows(longest), device)
+    finally:
+        model.train(was_training)
+    return tasks, step
+
+
+def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, float]],
+                per_step: dict[str, float], lm_loss: float | None) -> list[dict[str, Any]]:
+    """One metrics.parquet row per task (a single row with task = None when no task is injected)."""
+    base = {"step": step, "tokens_seen": tokens_seen, **{k: per_step.get(k) for k in ("heldout_loss",)}}
+    refs = {k: v for k, v in per_step.items() if k.startswith("ref_")}
+    rows = []
+    for p in evalset.probes or [None]:
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row.update(base, lm_loss=lm_loss)
+        if p is not None:
+            row.update(task=p.name, kind=p.kind, frequency=p.frequency, **tasks[p.name])
+            row["reference_loss"] = refs.get(f"ref_{REFERENCE_OF_KIND.get(p.kind, '')}_loss")
+        row.update(refs)
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- callback
+
+
+@dataclass
+class LMEvalCallback(Callback):
+    """Evaluates every `every` steps and at the last step; rank 0 keeps DIR/metrics.parquet up to date."""
+
+    priority: ClassVar[int] = 2  # above the checkpointer's 1: a step's row is on disk before its checkpoint
+
+    evalset: EvalSet = None  # type: ignore[assignment]
+    every: int = 100
+    batch_seqs: int = 256
+    max_tokens: int | None = None  # tokens per full-sequence forward (the training micro-batch)
+    path: Path = Path("metrics.parquet")
+    write: bool = True  # rank 0 only
+    on_eval: Callable[[list[dict[str, Any]]], None] | None = None  # e.g. the progress bar
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    start_step: int = 0  # the step this process started (or resumed) at
+    _loss_sum: torch.Tensor | None = None  # training CE summed since the last evaluation (stays on the device)
+    _loss_n: int = 0
+
+    # -- trainer hooks
+
+    def pre_train(self) -> None:
+        step = self.start_step = self.trainer.global_step
+        if step > 0 and self.path.is_file():  # resumed: keep exactly the rows an uninterrupted run had by now
+            self.rows = [r for r in _read_rows(self.path) if r["step"] <= step]
+        if step == 0:
+            self.rows = []
+            self._evaluate()
+        elif self.write:
+            self._flush()
+
+    def post_train_batch(self) -> None:
+        ce = self.trainer.get_metric("train/CE loss")
+        if ce is not None:
+            self._loss_sum = ce.detach().clone() if self._loss_sum is None else self._loss_sum + ce.detach()
+            self._loss_n += 1
+        max_steps = self.trainer.max_steps
+        if self.step % self.every == 0 or (max_steps is not None and self.step >= max_steps):
+            self._evaluate()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": None if self._loss_sum is None else self._loss_sum.item(), "loss_n": self._loss_n}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        s = state_dict.get("loss_sum")
+        self._loss_sum = None if s is None else torch.tensor(s, dtype=torch.float32, device=self.trainer.device)
+        self._loss_n = state_dict.get("loss_n", 0)
+
+    # -- work
+
+    def _lm_loss(self) -> float | None:
+        if self._loss_sum is None or self._loss_n == 0:
+            return None
+        total = self._loss_sum.clone()
+        import torch.distributed as dist
+
+        group = self.trainer.dp_process_group
+        if dist.is_available() and dist.is_initialized():  # each rank saw its own shard of the batch
+            dist.all_reduce(total, group=group)
+            total /= dist.get_world_size(group)
+        value = total.item() / self._loss_n
+        self._loss_sum, self._loss_n = None, 0
+        return value
+
+    def _evaluate(self) -> None:
+        tm = self.trainer.train_module
+        tasks, per_step = evaluate(tm.model, tm.model_forward, self.evalset, self.batch_seqs, self.trainer.device,
+                                   self.max_tokens)
+        new = metric_rows(self.step, self.trainer.global_train_tokens_seen, self.evalset, tasks, per_step,
+                          self._lm_loss())
+        self.rows.extend(new)
+        if self.write:
+            self._flush()
+        if self.on_eval is not None:
+            self.on_eval(new)
+
+    def _flush(self) -> None:
+        if self.rows:
+            keys = list(dict.fromkeys(k for r in self.rows for k in r))
+            runs.write_table(self.path, {k: [r.get(k) for r in self.rows] for k in keys})
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    cols = runs.read_table(path)
+    n = len(next(iter(cols.values()), []))
+    return [{k: v[i] for k, v in cols.items()} for i in range(n)]
+
+
+def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalConfig, *,
+                  heldout: np.ndarray | None, seq_len: int, eos_id: int, seed: int,
+                  references: Sequence[ReferenceProbe] = ()) -> EvalSet:
+    """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token), the
+    held-out windows, the reference probes."""
+    probes = [task_probe(t, str(t.kind), float(f), cfg, eos_id, seed + 1000 * i)
+              for i, (t, f) in enumerate(zip(tasks, frequencies))]
+    windows = None
+    if heldout is not None and cfg.heldout_tokens > 0:
+        windows = heldout_windows(heldout, cfg.heldout_tokens, cfg.heldout_seq_len or seq_len)
+    return EvalSet(probes=probes, heldout=windows, references=list(references))

@@ -1,0 +1,445 @@
+"""Sweeps of the LM lab (paper Sec. 4, Fig. 5, 6, 22, 23): one pretraining run per cell of a grid of model sizes x
+task frequencies x tasks x (matched-frequency gaps) x seeds.
+
+    cfg = load_config(LMSweepConfig, "configs/lm/demo.toml", ["data.manifest=/abs/path/to/corpus"])
+    result = run_sweep(cfg, Path("runs/lm-demo"))     # resumable; result.summary() is the `--json` object
+
+    torchrun --nproc-per-node 8 -m raretask.lm.sweep configs/lm/paper_sweep_comparison.toml \\
+        data.manifest=/data/dolma --out DIR
+
+A sweep config is an LM training config (raretask.lm.train.LMConfig: data, model, tasks, train, eval, seed) plus a
+`[sweep]` table; every cell is that base config with
+
+  model.preset        <- one of `sweep.sizes` (the base's d_model/n_layers/... overrides apply to every size)
+  tasks               <- one task of `sweep.tasks` (or all of them in one run with `tasks_together = true`), its
+                         `frequency` <- one of `sweep.frequencies`, in the task's own `unit` (per_token: the paper's
+                         instances per training token; per_batch: per global batch)
+  schedule, every     <- burst every N batches for N in `sweep.gaps` (N > 0: the matched-frequency variant of
+                         Fig. 6b -- the same long-run frequency, N batches' share in one batch: "N instances every N
+                         batches" at 1 per batch); N = 0 keeps the task's own schedule (iid by default)
+  seed, model.init_seed <- one of `sweep.seeds` (data order, injection plan, eval subsets and weights)
+
+`sweep.tasks` names `[[tasks]]` entries of the base config (their kind, seed, tokens and unit are kept; their
+frequency may be left out) or registered task kinds (a task of that kind named after it, default settings); empty
+means every `[[tasks]]` entry. `tasks_together = false` (default, the paper's) trains one run per task, so tasks do
+not compete for capacity; `true` injects all of them into each run, each at the cell's frequency (half the runs).
+
+Run directory:
+
+  DIR/config.toml, DIR/meta.json      the sweep config; provenance, kind "lm.sweep", wall time per cell
+  DIR/cells/<slug>/                    one `raretask.lm.train` run per cell (metrics.parquet, checkpoints, ...)
+  DIR/results.parquet                  the last evaluation of every cell, one row per cell x task
+  DIR/curves.parquet                   every evaluation of every cell, one row per cell x step x task
+  DIR/fig*.png                         Fig. 5, 6a, 6b, 22, 23 where the grid has their axes (raretask.lm.figures)
+
+Both tables carry the cell's grid keys: `cell` (its slug), `size`, `params` and `non_embedding_params` (N, counted
+on the built model), `tasks` (the run's tasks joined by "+"), `unit`, `grid_frequency` (the grid value, in `unit`),
+`gap`, `seed`, and `compute` C = 6 N D with D = tokens_seen; `frequency` is the injection rate per token whatever
+the unit (from metrics.parquet).
+
+Resume: a finished cell (meta.json status "finished" with the same config) is read back, not retrained; an
+unfinished one continues from its last checkpoint (`train.checkpoint_every`). Re-running the same command on the
+same DIR therefore resumes a killed sweep; a different config there is refused, `--overwrite` starts afresh.
+
+Before anything is written: the grid (no empty axis, known presets, frequencies > 0, tasks that exist), every
+cell's config, the corpus manifest, the injection plan of the most demanding cell (one scan of the corpus), the task
+tokens against the vocabulary, and (single process) the memory each size needs; each failure is a one-line
+ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raretask import runs
+from raretask.config import Config, ConfigError, StrEnum, load_config, option
+from raretask.lm.models import PRESETS
+from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Unit, registered_kinds
+from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, train
+
+KIND = "lm.sweep"
+
+
+class MicroBatch(StrEnum):
+    CONFIG = "config"  # train.micro_batch_seqs as configured, for every size
+    PRESET = "preset"  # each size's recipe micro-batch (paper ladder: what fits an 80 GB GPU)
+
+
+@dataclass
+class LMGridConfig(Config):
+    sizes: list[str] = option(factory=lambda: ["cpu-30k", "cpu-150k"], doc="model presets (model.preset per cell)")
+    frequencies: list[float] = option(factory=lambda: [1e-3], doc="task frequencies, in each task's unit")
+    tasks: list[str] = option(factory=list, doc="[[tasks]] names or task kinds (empty: every [[tasks]] entry)")
+    tasks_together: bool = option(False, "false: one run per task (the paper's); true: all tasks in each run")
+    gaps: list[int] = option(factory=lambda: [0], doc="burst period N: N batches' share every N batches (0: as set)")
+    seeds: list[int] = option(factory=lambda: [0], doc="seed and model.init_seed of each cell")
+    micro_batch: MicroBatch = option(MicroBatch.CONFIG, "config: train.micro_batch_seqs; preset: the size's recipe")
+
+
+@dataclass
+class LMSweepConfig(LMConfig):
+    sweep: LMGridConfig = option(factory=LMGridConfig, doc="the grid of cells")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> LMSweepConfig:
+        # The grid sets every task's frequency, so a [[tasks]] entry may leave it out: give it the first grid value.
+        if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+            freqs = (data.get("sweep") or {}).get("frequencies") if isinstance(data.get("sweep"), dict) else None
+            first = freqs[0] if isinstance(freqs, list) and freqs and isinstance(freqs[0], (int, float)) else 1.0
+            data = {**data, "tasks": [{"frequency": first, **t} if isinstance(t, dict) else t for t in data["tasks"]]}
+        return super().from_dict(data, path)  # type: ignore[return-value]
+
+    def base(self) -> LMConfig:
+        """The LM training config every cell starts from."""
+        raw = self.to_dict()
+        raw.pop("sweep", None)
+        return LMConfig.from_dict(raw)
+
+    def validate(self, path: str = "") -> None:
+        s = self.sweep
+        for name in ("sizes", "frequencies", "gaps", "seeds"):
+            if not getattr(s, name):
+                raise ConfigError(f"sweep.{name}: empty")
+            values = getattr(s, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"sweep.{name}: values repeat ({values})")
+        for size in s.sizes:
+            if size not in PRESETS:
+                raise ConfigError(f"sweep.sizes: unknown preset {size!r} (known: {', '.join(PRESETS)})")
+        for f in s.frequencies:
+            if not (math.isfinite(f) and f > 0):
+                raise ConfigError(f"sweep.frequencies: must be > 0, got {f}")
+        for name in ("gaps", "seeds"):
+            bad = [v for v in getattr(s, name) if v < 0]
+            if bad:
+                raise ConfigError(f"sweep.{name}: must be >= 0, got {bad[0]}")
+        templates = task_templates(self)  # ConfigError for unknown names
+        for t in templates:
+            if t.unit is Unit.PER_TOKEN and max(s.frequencies) > 0.25:
+                raise ConfigError(f"sweep.frequencies: {max(s.frequencies)} per token (task {t.name}) is above 1/4 "
+                                  f"(an instance takes 4 tokens)")
+        super().validate(path)
+        cells = expand_cells(self)
+        slugs = [c.slug for c in cells]
+        if len(set(slugs)) != len(slugs):
+            dup = next(x for x in slugs if slugs.count(x) > 1)
+            raise ConfigError(f"sweep: two cells have the same name {dup!r} (frequencies too close to tell apart)")
+        for c in cells:  # every cell must be a valid training config on its own
+            try:
+                c.config.validate()
+            except ConfigError as e:
+                raise ConfigError(f"sweep cell {c.slug}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class Cell:
+    """One training run of the grid."""
+
+    slug: str
+    size: str
+    frequency: float  # the grid value, in `unit`
+    unit: str
+    tasks: tuple[str, ...]
+    gap: int
+    seed: int
+    config: LMConfig
+
+    def keys(self) -> dict[str, Any]:
+        """The grid columns of this cell's rows in results.parquet / curves.parquet."""
+        return {"cell": self.slug, "size": self.size, "tasks": "+".join(self.tasks), "unit": self.unit,
+                "grid_frequency": self.frequency, "gap": self.gap, "seed": self.seed}
+
+
+def task_templates(cfg: LMSweepConfig) -> list[LMTaskConfig]:
+    """The tasks the grid ranges over: [[tasks]] entries by name, or fresh tasks of a registered kind."""
+    by_name = {t.name: t for t in cfg.tasks}
+    names = cfg.sweep.tasks or list(by_name)
+    if not names:
+        raise ConfigError("sweep.tasks: empty (name task kinds here, e.g. [\"comparison\"], or list [[tasks]])")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sweep.tasks: values repeat ({names})")
+    out = []
+    for i, name in enumerate(names):
+        if name in by_name:
+            out.append(by_name[name])
+        elif name in registered_kinds():
+            out.append(LMTaskConfig(name=name, kind=name, frequency=cfg.sweep.frequencies[0]))
+        else:
+            raise ConfigError(f"sweep.tasks[{i}]: {name!r} is neither a [[tasks]] name nor a task kind "
+                              f"(kinds: {', '.join(registered_kinds())})")
+    return out
+
+
+def cell_slug(size: str, frequency: float, tasks: tuple[str, ...], gap: int, seed: int) -> str:
+    """Directory name of a cell, e.g. 'cpu-30k_f0.001_comparison_s0' or '20M_f1_comparison_g10_s0'."""
+    name = f"{size}_f{frequency:g}_{'+'.join(tasks)}" + (f"_g{gap}" if gap else "") + f"_s{seed}"
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", name)
+
+
+def expand_cells(cfg: LMSweepConfig) -> list[Cell]:
+    """Every cell: sizes x task groups x frequencies x gaps x seeds, in that (nesting) order."""
+    s = cfg.sweep
+    templates = task_templates(cfg)
+    groups = [templates] if s.tasks_together else [[t] for t in templates]
+    base = cfg.base().to_dict()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cells = []
+    for size, group, freq, gap, seed in itertools.product(s.sizes, groups, s.frequencies, s.gaps, s.seeds):
+        raw = copy.deepcopy(base)
+        raw["model"]["preset"] = size
+        raw["model"]["init_seed"] = seed
+        raw["seed"] = seed
+        tasks = []
+        for t in group:
+            d = {**t.to_dict(), "frequency": freq}
+            if gap:
+                d.update(schedule=ScheduleKind.BURST.value, every=gap)
+            tasks.append(d)
+        raw["tasks"] = tasks
+        if s.micro_batch is MicroBatch.PRESET:
+            raw["train"]["micro_batch_seqs"] = _recipe_micro_batch(size, cfg.data.seq_len,
+                                                                   cfg.train.global_batch_seqs, world)
+        names = tuple(t.name for t in group)
+        units = {str(t.unit) for t in group}
+        cells.append(Cell(slug=cell_slug(size, freq, names, gap, seed), size=size, frequency=freq,
+                          unit=units.pop() if len(units) == 1 else "mixed", tasks=names, gap=gap, seed=seed,
+                          config=LMConfig.from_dict(raw)))
+    return cells
+
+
+def _recipe_micro_batch(size: str, seq_len: int, global_batch_seqs: int, world: int) -> int:
+    """The preset's recipe micro-batch (sequences at its context) at `seq_len`: the same tokens per micro-batch,
+    at least one sequence, at most the rank's batch, halved until it divides the rank's batch."""
+    shape = PRESETS[size]
+    rank_seqs = max(1, global_batch_seqs // world)
+    micro = max(1, min(rank_seqs, shape.micro_batch_size * shape.sequence_length // seq_len))
+    while rank_seqs % micro:
+        micro -= 1
+    return micro
+
+
+# ------------------------------------------------------------------------------------------------ before writing
+
+
+def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
+    """Checks that would otherwise fail a cell hours into the sweep: the corpus, the injection plan of the most
+    demanding cell (enough slots in every batch), the task tokens against the vocabulary, the device and (single
+    process) the memory of each size. Writes nothing outside a scratch directory."""
+    from raretask.lm.corpus import Manifest
+    from raretask.lm.models import available_memory, memory_estimate
+    from raretask.lm.tasks import build_tasks
+    from raretask.lm.train import Precision, model_vocab_size, resolve_device
+    from raretask.lm.train import prepare as train_prepare
+
+    device = resolve_device(cfg.train.device)
+    try:
+        manifest = Manifest.load(cfg.data.manifest)
+    except ConfigError as e:
+        raise ConfigError(f"data.manifest: {e}") from None
+    t = cfg.train
+    if manifest.train_tokens < cfg.data.seq_len * t.global_batch_seqs:
+        raise ConfigError(f"data.manifest: {manifest.train_tokens} training tokens are fewer than one global batch "
+                          f"of {t.global_batch_seqs} x {cfg.data.seq_len}")
+    # Injection slots depend on the data and the seed, not on the size: build the plan of the most demanding cell
+    # (most instances in one batch) once, in a scratch directory.
+    tokens_per_batch = t.global_batch_seqs * cfg.data.seq_len
+    worst = max(cells, key=lambda c: max(c.gap, 1) * sum(x.rate_per_batch(tokens_per_batch) for x in c.config.tasks))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    with tempfile.TemporaryDirectory(prefix="raretask-preflight-") as scratch:
+        try:
+            train_prepare(worst.config, Path(scratch), world)
+        except ConfigError as e:
+            raise ConfigError(f"sweep cell {worst.slug}: {e}") from None
+    have = available_memory(device) if world == 1 else None
+    seen: set[tuple[str, tuple[str, ...], int]] = set()
+    for c in cells:
+        key = (c.size, c.tasks, c.config.train.micro_batch_seqs)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            tasks = build_tasks(c.config.tasks, manifest.vocab_size, manifest.special_ids)
+            vocab = model_vocab_size(c.config, manifest, tasks)
+        except ConfigError as e:
+            raise ConfigError(f"sweep cell {c.slug}: {e}") from None
+        if have is None:
+            continue  # several ranks: FSDP shards the states; train checks each rank's share
+        micro = c.config.train.micro_batch_seqs or t.global_batch_seqs
+        bf16 = t.precision is Precision.BF16
+        need = memory_estimate(c.config.model, vocab, micro * cfg.data.seq_len, activation_bytes=2 if bf16 else 4)
+        if need > have:
+            raise ConfigError(f"sweep.sizes: {c.size} needs ~{need / 1e9:.1f} GB to train at {micro} x "
+                              f"{cfg.data.seq_len} tokens per micro-batch, but {device} has {have / 1e9:.1f} GB free "
+                              f"(drop the size, set train.micro_batch_seqs, or sweep.micro_batch = \"preset\")")
+
+
+# ------------------------------------------------------------------------------------------------------ the sweep
+
+
+@dataclass
+class LMSweepResult:
+    out: Path
+    config: LMSweepConfig
+    results: dict[str, list]  # results.parquet's columns
+    curves: dict[str, list]   # curves.parquet's columns
+    cells: list[Cell] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` object: one entry per cell x task with its grid keys and final numbers."""
+        keys = ("cell", "size", "params", "non_embedding_params", "tasks", "unit", "grid_frequency", "frequency",
+                "gap", "seed", "task", "kind", "step", "tokens_seen", "train_loss", "train_acc_labels", "test_loss",
+                "test_acc_labels", "test_acc_vocab", "heldout_loss", "lm_loss", "reference_loss")
+        n = len(self.results.get("cell", []))
+        rows = [{k: self.results[k][i] for k in keys if k in self.results} for i in range(n)]
+        return {"out": str(self.out), "cells": len(self.cells), "results": [_finite_row(r) for r in rows]}
+
+
+def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> LMSweepResult:
+    """Train every cell of `cfg` into out/cells/<slug>/ (finished cells read back, unfinished ones resumed), then
+    write the combined tables and the figures; see the module docstring."""
+    out = Path(out)
+    cells = expand_cells(cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    toml = cfg.to_toml()
+    if not overwrite and (out / "config.toml").is_file() and (out / "config.toml").read_text() != toml:
+        # checked on every rank, so no rank waits for a sweep that rank 0 refused
+        raise ConfigError(f"--out {out}: holds a run of a different config (choose another --out, or --overwrite)")
+    done = {c.slug for c in cells if not overwrite and is_finished(out / "cells" / c.slug, c.config)}
+    if len(done) < len(cells):  # a finished sweep is read back without touching the corpus
+        preflight(cfg, [c for c in cells if c.slug not in done])
+    meta = None
+    if rank == 0:
+        runs.prepare_run_dir(out, toml, overwrite=overwrite)
+        meta = runs.RunMeta(out, kind=KIND, seeds=cfg.sweep.seeds, sizes=cfg.sweep.sizes,
+                            frequencies=cfg.sweep.frequencies, tasks=sorted({t for c in cells for t in c.tasks}),
+                            gaps=cfg.sweep.gaps, cells=[c.slug for c in cells])
+    console = _console() if progress and rank == 0 else None
+    timings: dict[str, Any] = {}
+    finished: list[tuple[Cell, LMResult]] = []
+    for i, cell in enumerate(cells):
+        cdir = out / "cells" / cell.slug
+        if cell.slug in done or is_finished(cdir, cell.config):
+            result, how = read_result(cdir), "read back"
+        else:
+            if console is not None:
+                console.print(f"[bold]cell {i + 1}/{len(cells)}[/bold] {cell.slug}")
+            clock = time.perf_counter()
+            result, how = train(cell.config, cdir, progress=progress), "trained"
+            timings[cell.slug] = {"wall_time_s": time.perf_counter() - clock}
+        timings.setdefault(cell.slug, {}).update(status=how, tokens_per_s=result.meta.get("tokens_per_s"))
+        finished.append((cell, result))
+    results, curves = combine(finished)
+    sweep = LMSweepResult(out=out, config=cfg, results=results, curves=curves, cells=cells)
+    if rank == 0:
+        from raretask.lm.figures import sweep_figures
+
+        runs.write_table(out / "curves.parquet", curves)
+        runs.write_table(out / "results.parquet", results)
+        sweep_figures(results, curves, out)
+        assert meta is not None
+        meta.finish(timings=timings)
+    return sweep
+
+
+def is_finished(cell_dir: Path, cfg: LMConfig) -> bool:
+    """True when `cell_dir` holds a finished training run of exactly `cfg`."""
+    try:
+        meta = json.loads((cell_dir / "meta.json").read_text())
+        same = (cell_dir / "config.toml").read_text() == cfg.to_toml()
+    except (OSError, ValueError):
+        return False
+    return same and meta.get("status") == "finished" and (cell_dir / "metrics.parquet").is_file()
+
+
+def combine(cells: list[tuple[Cell, LMResult]]) -> tuple[dict[str, list], dict[str, list]]:
+    """(results, curves): every metric row of every cell with the cell's grid keys; results keeps each cell's last
+    evaluation. Columns a cell lacks (e.g. another corpus' reference tasks) are None in its rows."""
+    results, curves = [], []
+    for cell, r in cells:
+        m = r.metrics
+        n = len(m.get("step", []))
+        params, non_emb = r.meta.get("params"), r.meta.get("non_embedding_params")
+        keys = {**cell.keys(), "params": params, "non_embedding_params": non_emb}
+        rows = [{**keys, **{k: v[i] for k, v in m.items()}} for i in range(n)]
+        for row in rows:  # C = 6 N D (Chinchilla), N = all parameters, D = training tokens so far
+            row["compute"] = None if params is None or row.get("tokens_seen") is None \
+                else 6.0 * params * row["tokens_seen"]
+        curves.extend(rows)
+        last = max((row["step"] for row in rows), default=None)
+        results.extend(row for row in rows if row["step"] == last)
+    return _columns(results), _columns(curves)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _finite_row(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: non-finite floats become null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def read_sweep(out: Path) -> LMSweepResult:
+    """The result of a finished sweep directory from its files."""
+    out = Path(out)
+    cfg = load_config(LMSweepConfig, out / "config.toml")
+    for name in ("results.parquet", "curves.parquet"):
+        if not (out / name).is_file():
+            raise ConfigError(f"{out}: no {name} (is the sweep finished?)")
+    return LMSweepResult(out=out, config=cfg, results=runs.read_table(out / "results.parquet"),
+                         curves=runs.read_table(out / "curves.parquet"), cells=expand_cells(cfg))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# --------------------------------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`[torchrun ...] python -m raretask.lm.sweep CONFIG [key=value ...] --out DIR`: every cell on every rank."""
+    ap = argparse.ArgumentParser(prog="python -m raretask.lm.sweep", description=main.__doc__)
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    ap.add_argument("--out", required=True, help="sweep directory")
+    ap.add_argument("--overwrite", action="store_true", help="delete an existing sweep in --out first")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--json", action="store_true", help="print the JSON summary (rank 0)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(LMSweepConfig, args.config, cwd_overrides(args.overrides))
+        result = run_sweep(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    if args.json and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.summary()))
+    from olmo_core.train import teardown_training_environment
+
+    teardown_training_environment()
+
+
+if __name__ == "__main__":
+    main()
