@@ -289,23 +289,53 @@ def report(run_dir: str) -> None:
     click.echo(f"wrote {path}")
 
 
+DEMO_ANALYSES = ("residual", "retention", "toy", "interference", "neurons")  # each has configs/synthetic/<name>.toml
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--part", type=click.Choice(["all", "synthetic", "lm"]), default="all", show_default=True,
+              help="synthetic: theory, the width sweep and the dynamics analyses; lm: the CPU LM sweep")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @handles_errors
-def demo(out: str, no_progress: bool) -> None:
-    """The default end-to-end job: theory and a synthetic width sweep on the default preset, then the report."""
+def demo(out: str, part: str, no_progress: bool) -> None:
+    """The default end-to-end job, then one report page (DIR/report.html).
+
+    Synthetic: theory and the width sweep of the default preset, then the CPU presets of every dynamics analysis
+    (residual, retention, toys, interference, neurons). LM: the embedded news corpus prepared with a small BPE, then
+    the CPU sweep of configs/lm/demo.toml (3 sizes x 2 frequencies x both tasks). Every step resumes or skips what a
+    previous demo into the same DIR finished."""
     from raretask.report.html import write_report
     from raretask.synthetic.train import SynthConfig, run
 
-    preset = CONFIGS / "synthetic" / "default.toml"
-    if not preset.is_file():
-        raise ConfigError(f"preset not found: {preset} (run from a clone of the repository)")
-    out_dir = Path(out)
-    cfg = load_config(SynthConfig, preset)
-    run(cfg, out_dir / "synthetic", progress=not no_progress)
-    path = write_report(out_dir, "raretask demo", synthetic_report_sections(out_dir / "synthetic"))
+    out_dir, progress, sections = Path(out), not no_progress, []
+    if part in ("all", "synthetic"):
+        cfg = load_config(SynthConfig, _preset("synthetic/default.toml"))
+        run(cfg, out_dir / "synthetic", progress=progress)
+        sections += synthetic_report_sections(out_dir / "synthetic")
+        for name in DEMO_ANALYSES:
+            cfg = load_config(_analysis(name, 1), _preset(f"synthetic/{name}.toml"))
+            _analysis(name, 2)(cfg, out_dir / name, progress=progress, overwrite=False)
+            sections += _analysis(name, 3)(out_dir / name)
+    if part in ("all", "lm"):
+        from raretask.lm.corpus import CorpusConfig, prepare
+        from raretask.lm.report import lm_report_sections
+        from raretask.lm.sweep import LMSweepConfig, run_sweep
+
+        corpus = out_dir / "lm" / "corpus"
+        prepare(load_config(CorpusConfig, _preset("lm/corpus/embedded.toml")), corpus, progress=progress)
+        cfg = load_config(LMSweepConfig, _preset("lm/demo.toml"), [f"data.manifest={corpus.resolve()}"])
+        run_sweep(cfg, out_dir / "lm" / "sweep", progress=progress)
+        sections += lm_report_sections(out_dir / "lm" / "sweep")
+    path = write_report(out_dir, "raretask demo", sections)
     click.echo(f"wrote {path}")
+
+
+def _preset(rel: str) -> Path:
+    path = CONFIGS / rel
+    if not path.is_file():
+        raise ConfigError(f"preset not found: {path} (run from a clone of the repository)")
+    return path
 
 
 def _register_lm() -> None:

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -57,18 +58,48 @@ def test_synth_keys_lists_documented_fields(cli):
         assert len(line.split()) > 2  # a type and a doc string follow
 
 
-def test_demo_writes_report_with_its_figures(cli, tmp_path):
+def _tiny_presets(root: Path, analyses: tuple[str, ...]) -> Path:
+    """Copies of the demo's presets, shrunk by overrides (the demo reads them from CONFIGS, patched below)."""
+    from raretask import cli as cli_module
+    from raretask.config import load_config
+    from raretask.lm.corpus import CorpusConfig
+    from raretask.lm.sweep import LMSweepConfig
+    from raretask.synthetic.train import SynthConfig
+
+    shrink = {"synthetic/default.toml": (SynthConfig, ["sweep.seeds=[0]", "train.steps=600", "eval.every=300"]),
+              "synthetic/residual.toml": (cli_module._analysis("residual", 1), ["sweep.seeds=[0]"]),
+              "lm/corpus/embedded.toml": (CorpusConfig, ["max_documents=120", "bpe_vocab_size=512"]),
+              "lm/demo.toml": (LMSweepConfig, ["data.manifest=unused", "sweep.sizes=[\"cpu-30k\"]",
+                                               "sweep.frequencies=[1e-3]", "train.steps=6", "eval.every=3",
+                                               "train.checkpoint_every=3", "eval.train_instances=16",
+                                               "eval.test_instances=16", "eval.heldout_tokens=1024"])}
+    for name in analyses:
+        assert f"synthetic/{name}.toml" in shrink
+    for rel, (cls, overrides) in shrink.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(load_config(cls, ROOT / "configs" / rel, overrides).to_toml())
+    return root
+
+
+def test_demo_writes_one_report_with_every_part(cli, tmp_path, monkeypatch):
+    from raretask import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "CONFIGS", _tiny_presets(tmp_path / "configs", ("residual",)))
+    monkeypatch.setattr(cli_module, "DEMO_ANALYSES", ("residual",))
     out = tmp_path / "demo"
     r = cli("demo", "--out", out, "--no-progress")
     assert r.exit_code == 0, r.stderr
     page = (out / "report.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert {"synthetic/phase_diagram.png", "synthetic/observed_vs_predicted.png"} <= set(images)
+    assert any(i.startswith("residual/") for i in images) and any(i.startswith("lm/sweep/") for i in images)
     for img in images:
         assert (out / img).stat().st_size > 5000
     meta = json.loads((out / "synthetic" / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["versions"]["torch"].startswith("2.13")
-    assert meta["git_commit"] and meta["seeds"] == [0, 1, 2]
-    # the report is rebuilt from the run directory alone
+    assert meta["git_commit"] and meta["seeds"] == [0]
+    assert json.loads((out / "lm" / "sweep" / "meta.json").read_text())["kind"] == "lm.sweep"
+    # the report is rebuilt from a run directory alone
     r = cli("report", out / "synthetic")
     assert r.exit_code == 0 and (out / "synthetic" / "report.html").is_file()
