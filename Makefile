@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	# One torch thread per process: the suite spawns multi-process runs (gloo, kill-and-resume) that would
+	# oversubscribe 2 cores, and its models are too small to gain from a second thread.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 demo: install
 	$(VENV)/bin/raretask demo --out runs/demo

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raretask.lm.evaluate import COLUMNS
 
@@ -127,11 +128,14 @@ def test_finished_run_is_read_back_not_retrained(whole, config, cli):
     before = (out / "metrics.parquet").stat().st_mtime_ns
     again = summary(cli("lm", "train", config, "--out", out, "--json", "--no-progress"))
     assert again == s and (out / "metrics.parquet").stat().st_mtime_ns == before
+    text = cli("lm", "train", config, "--out", out, "--no-progress").stdout
+    assert f"held-out loss {s['heldout_loss']:.3f}" in text and "cmp-frequent" in text
 
 
 def test_resume_after_sigkill_reproduces_the_metrics_exactly(whole, config, tmp_path, cli):
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # The reference ran in this process: the child uses as many threads (a float sum splits by thread count).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "raretask.lm.train", str(config), "--out", str(out),
                              "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "checkpoints" / "step40" / ".metadata.json"  # written last: the checkpoint is complete
