@@ -133,19 +133,21 @@ def natural_frequency(source: str, tokenizer_path: str | None, dtype: str | None
 @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
 @click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint (error if none)")
 @click.option("--verbose", is_flag=True, help="OLMo-core's INFO log on stderr")
 @handles_errors
 def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
-                  overwrite: bool, no_progress: bool, verbose: bool) -> None:
+                  overwrite: bool, no_progress: bool, resume: bool, verbose: bool) -> None:
     """Pretrain CONFIG's model on its corpus with its tasks injected; metrics every eval.every steps.
 
     Writes --out/metrics.parquet (one row per evaluation and task), injections.parquet, checkpoints/ and meta.json.
     Re-running into the same --out resumes from the last checkpoint with identical numbers; a finished run is read
-    back. Data-parallel on several GPUs: `torchrun --nproc-per-node G -m raretask.lm.train CONFIG --out DIR`."""
+    back (`--resume` says so explicitly: it refuses an --out without a run). Data-parallel on several GPUs:
+    `torchrun --nproc-per-node G -m raretask.lm.train CONFIG --out DIR`."""
     import json
     from pathlib import Path
 
-    from raretask.config import load_config
+    from raretask.config import ConfigError, load_config
     from raretask.lm.train import LMConfig, cwd_overrides, train
 
     cfg = load_config(LMConfig, config, cwd_overrides(overrides))
@@ -153,6 +155,8 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
         click.echo(cfg.to_toml(), nl=False)
         return
     out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
+    if resume and (overwrite or not (out_dir / "config.toml").is_file()):
+        raise ConfigError(f"--resume: {'--overwrite starts afresh' if overwrite else f'no run in {out_dir} to resume'}")
     result = train(cfg, out_dir, progress=not no_progress, overwrite=overwrite, verbose=verbose)
     if as_json:
         click.echo(json.dumps(result.summary()))

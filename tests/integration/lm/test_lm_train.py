@@ -148,7 +148,7 @@ def test_resume_after_sigkill_reproduces_the_metrics_exactly(whole, config, tmp_
     assert json.loads((out / "meta.json").read_text())["status"] == "running"
     assert _evaluated(out, 50) and not _evaluated(out, 80)  # rows past the checkpoint the resume must redo
 
-    s = summary(cli("lm", "train", config, "--out", out, "--json", "--no-progress"))
+    s = summary(cli("lm", "train", config, "--out", out, "--resume", "--json", "--no-progress"))
     ref = pq.read_table(whole[0] / "metrics.parquet")
     got = pq.read_table(out / "metrics.parquet")
     assert got.equals(ref), (got.to_pandas(), ref.to_pandas())
@@ -176,6 +176,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(config, tmp_path, cli, 
     assert r.exit_code == 2
     err = r.stderr.strip()
     assert err.startswith(f"error: {field}:") and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_resume_without_a_run_is_one_line_and_writes_nothing(config, tmp_path, cli):
+    out = tmp_path / "nothing"
+    r = cli("lm", "train", config, "--out", out, "--resume", "--no-progress")
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: --resume: no run in {out} to resume"
     assert not out.exists()
 
 
