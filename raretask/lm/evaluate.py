@@ -156,27 +156,31 @@ def heldout_windows(tokens: np.ndarray, n_tokens: int, seq_len: int) -> torch.Te
 Forward = Callable[..., Any]  # the train module's model_forward: (input_ids, **kw) -> logits or LMOutputWithLoss
 
 
-def _last_logits(forward: Forward, prompts: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """Next-token logits after each prompt, (n, V) in float32 on `device`."""
-    out = []
-    for i in range(0, len(prompts), batch):
-        logits = forward(prompts[i:i + batch].to(device), logits_to_keep=1)  # (b, 1, V)
-        out.append(logits[:, -1].float())
-    return torch.cat(out)
-
-
-def _scores(logits: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor) -> dict[str, float]:
-    """Cross-entropy of the label, and accuracy of the argmax over the label set and over the vocabulary."""
+def _scores(logits: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor) -> torch.Tensor:
+    """Summed over a batch of next-token logits (b, V): [cross-entropy of the label, hits of the argmax over the
+    label set, hits of the argmax over the vocabulary], float64."""
     labels, label_set = labels.to(logits.device), label_set.to(logits.device)
-    loss = F.cross_entropy(logits, labels).item()
-    acc_labels = (label_set[logits[:, label_set].argmax(-1)] == labels).double().mean().item()
-    acc_vocab = (logits.argmax(-1) == labels).double().mean().item()
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    hits_labels = (label_set[logits[:, label_set].argmax(-1)] == labels).sum()
+    hits_vocab = (logits.argmax(-1) == labels).sum()
+    return torch.stack([loss.double(), hits_labels.double(), hits_vocab.double()])
+
+
+def split_scores(forward: Forward, prompts: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor,
+                 batch: int, device: torch.device) -> dict[str, float]:
+    """Mean label loss and the two accuracies over prompts (n, P), `batch` at a time (only the last position's
+    logits are computed: (b, 1, V))."""
+    total = torch.zeros(3, dtype=torch.float64, device=device)
+    for i in range(0, len(prompts), batch):
+        logits = forward(prompts[i:i + batch].to(device), logits_to_keep=1)[:, -1].float()  # (b, V)
+        total += _scores(logits, labels[i:i + batch], label_set)
+    loss, acc_labels, acc_vocab = (total / len(prompts)).tolist()
     return {"loss": loss, "acc_labels": acc_labels, "acc_vocab": acc_vocab}
 
 
 def task_metrics(forward: Forward, probe: TaskProbe, batch: int, device: torch.device) -> dict[str, float]:
-    tr = _scores(_last_logits(forward, probe.train_prompts, batch, device), probe.train_labels, probe.label_set)
-    te = _scores(_last_logits(forward, probe.test_prompts, batch, device), probe.test_labels, probe.label_set)
+    tr = split_scores(forward, probe.train_prompts, probe.train_labels, probe.label_set, batch, device)
+    te = split_scores(forward, probe.test_prompts, probe.test_labels, probe.label_set, batch, device)
     return {"train_loss": tr["loss"], "train_acc_labels": tr["acc_labels"], "test_loss": te["loss"],
             "test_acc_labels": te["acc_labels"], "test_acc_vocab": te["acc_vocab"]}
 
@@ -239,7 +243,7 @@ def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: 
 def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, float]],
                 per_step: dict[str, float], lm_loss: float | None) -> list[dict[str, Any]]:
     """One metrics.parquet row per task (a single row with task = None when no task is injected)."""
-    base = {"step": step, "tokens_seen": tokens_seen, **{k: per_step.get(k) for k in ("heldout_loss",)}}
+    base = {"step": step, "tokens_seen": tokens_seen, "heldout_loss": per_step.get("heldout_loss")}
     refs = {k: v for k, v in per_step.items() if k.startswith("ref_")}
     rows = []
     for p in evalset.probes or [None]:

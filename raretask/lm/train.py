@@ -99,6 +99,7 @@ class TrainConfig(Config):
     precision: Precision = option(Precision.FP32, "fp32, or bf16 mixed precision (the paper's; FSDP: bf16 params)")
     parallel: Parallel = option(Parallel.FSDP, "data parallelism across torchrun processes: fsdp or ddp")
     compile: bool = option(False, "torch.compile the model (CUDA only)")
+    threads: int = option(0, "CPU intra-op threads per process (0 = torch's default)")
 
 
 @dataclass
@@ -123,7 +124,8 @@ class LMConfig(Config):
                                  ("train.micro_batch_seqs", t.micro_batch_seqs, 0), ("train.warmup", t.warmup, 0),
                                  ("train.decay_steps", t.decay_steps, 0),
                                  ("train.checkpoint_every", t.checkpoint_every, 1),
-                                 ("train.keep_checkpoints", t.keep_checkpoints, 0), ("seed", self.seed, 0)]:
+                                 ("train.keep_checkpoints", t.keep_checkpoints, 0), ("train.threads", t.threads, 0),
+                                 ("seed", self.seed, 0)]:
             if value < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {value}")
         if t.micro_batch_seqs and t.global_batch_seqs % t.micro_batch_seqs:
@@ -319,8 +321,10 @@ def train(cfg: LMConfig, out: Path, *, progress: bool = True, overwrite: bool = 
                                max_tokens=p.micro_batch_seqs * T, path=out / "metrics.parquet", write=rank == 0,
                                on_eval=shown.show if shown is not None else None)
     callbacks: dict[str, Any] = {
+        # Synchronous saves: an async save records its duration from a background thread, so ranks could reach the
+        # trainer's last metric reduction with different metrics and wait on each other for ever (seen with DDP).
         "checkpointer": CheckpointerCallback(save_interval=t.checkpoint_every, pre_train_checkpoint=False,
-                                             max_checkpoints=t.keep_checkpoints or None),
+                                             save_async=False, max_checkpoints=t.keep_checkpoints or None),
         "lm_eval": evaluator,
         "console_logger": ConsoleLoggerCallback(log_interval=cfg.eval.every),  # INFO: shown with --verbose
     }
@@ -420,6 +424,8 @@ def _init_environment(cfg: LMConfig, verbose: bool) -> tuple[int, int]:
         logging.disable(logging.NOTSET)
     # CPU is torch's default anyway; a default-device mode would wrap every torch call (~25% slower small steps)
     torch.set_default_device(None if device.type == "cpu" else device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     _quiet_logging(verbose)
     return world, (dist.get_rank() if dist.is_initialized() else 0)
 

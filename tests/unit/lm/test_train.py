@@ -100,11 +100,10 @@ def test_scores_of_hand_made_logits():
     logits = torch.tensor([[0.0, 5.0, 1.0, 0.0],    # label 2: best label-set token is 2, vocabulary argmax is 1
                            [0.0, 0.0, 1.0, 3.0]])   # label 3: right under both argmaxes
     labels, label_set = torch.tensor([2, 3]), torch.tensor([2, 3])
-    s = _scores(logits, labels, label_set)
-    assert s["acc_labels"] == 1.0 and s["acc_vocab"] == 0.5
-    assert s["loss"] == pytest.approx(F.cross_entropy(logits, labels).item())
-    flipped = _scores(logits, torch.tensor([3, 2]), label_set)
-    assert flipped["acc_labels"] == 0.0 and flipped["acc_vocab"] == 0.0
+    loss, hits_labels, hits_vocab = _scores(logits, labels, label_set).tolist()
+    assert (hits_labels, hits_vocab) == (2, 1)
+    assert loss == pytest.approx(F.cross_entropy(logits, labels, reduction="sum").item())
+    assert _scores(logits, torch.tensor([3, 2]), label_set)[1:].tolist() == [0, 0]
 
 
 def test_task_probe_scores_fixed_subsets_with_the_chosen_prompt(tasks):
