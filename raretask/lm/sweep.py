@@ -56,7 +56,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
 from raretask.lm.models import PRESETS
 from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Unit, registered_kinds
-from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, train
+from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, run_entry_point, train
 
 KIND = "lm.sweep"
 
@@ -425,20 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--json", action="store_true", help="print the JSON summary (rank 0)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(LMSweepConfig, args.config, cwd_overrides(args.overrides))
-        result = run_sweep(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
-    if args.json and int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result.summary()))
-    from olmo_core.train import teardown_training_environment
-
-    teardown_training_environment()
+    run_entry_point(lambda: run_sweep(load_config(LMSweepConfig, args.config, cwd_overrides(args.overrides)),
+                                      Path(args.out), progress=not args.no_progress, overwrite=args.overwrite),
+                    as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -567,17 +567,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verbose", action="store_true", help="OLMo-core's INFO logging")
     ap.add_argument("--json", action="store_true", help="print the JSON summary (rank 0)")
     args = ap.parse_args(argv)
+    run_entry_point(lambda: train(load_config(LMConfig, args.config, cwd_overrides(args.overrides)),
+                                  Path(args.out), progress=not args.no_progress, overwrite=args.overwrite,
+                                  verbose=args.verbose), as_json=args.json)
+
+
+def run_entry_point(run: Any, as_json: bool) -> None:
+    """The tail of every torchrun entry point: `run()` -> a result with .summary(); a user mistake is one line and
+    exit 2, Ctrl-C exit 130; rank 0 prints the JSON summary; the process group is torn down."""
     try:
-        cfg = load_config(LMConfig, args.config, cwd_overrides(args.overrides))
-        result = train(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite,
-                       verbose=args.verbose)
+        result = run()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
-    if args.json and int(os.environ.get("RANK", "0")) == 0:
+    if as_json and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result.summary()))
     from olmo_core.train import teardown_training_environment
 
