@@ -35,6 +35,28 @@ def handles_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def run_options(out_help: str = "run directory (default: runs/<config name>)", *, what: str = "run",
+                dry_run_help: str = "print the resolved config and exit", progress_help: str = "no progress bar",
+                json_help: str = "print a JSON summary on stdout") -> Callable:
+    """The arguments and flags every run command shares: CONFIG, dotted overrides, --out, --json, --dry-run,
+    --overwrite, --no-progress (then `handles_errors`), so each command states only what is its own."""
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed([
+            click.argument("config", type=click.Path(dir_okay=False)),
+            click.argument("overrides", nargs=-1),
+            click.option("--out", type=click.Path(file_okay=False), help=out_help),
+            click.option("--json", "as_json", is_flag=True, help=json_help),
+            click.option("--dry-run", is_flag=True, help=dry_run_help),
+            click.option("--overwrite", is_flag=True, help=f"delete an existing {what} in --out first"),
+            click.option("--no-progress", is_flag=True, help=progress_help),
+        ]):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def _parse_widths(text: str | None, dim: int) -> list[int] | None:
     if text is None:
         return None
@@ -136,13 +158,7 @@ def synth() -> None:
 
 
 @synth.command("run")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/<config name>)")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
-@click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
+@run_options()
 @handles_errors
 def synth_run(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
               overwrite: bool, no_progress: bool) -> None:
@@ -202,13 +218,7 @@ def _analysis(name: str, attr: int) -> Any:
 def _make_analysis_command(name: str) -> None:
     @synth.command(name, help=ANALYSES[name][4] + "\n\nRe-running into the same --out resumes or skips it.",
                    short_help=ANALYSES[name][4].split(":")[0])
-    @click.argument("config", type=click.Path(dir_okay=False))
-    @click.argument("overrides", nargs=-1)
-    @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/<config name>)")
-    @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-    @click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
-    @click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
-    @click.option("--no-progress", is_flag=True, help="no progress bar")
+    @run_options()
     @handles_errors
     def command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
                 overwrite: bool, no_progress: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from raretask.cli import handles_errors  # noqa: F401  (used by the commands below)
+from raretask.cli import handles_errors, run_options
 
 
 @click.group()
@@ -56,13 +56,8 @@ def models_command(arch: str, as_json: bool) -> None:
 
 
 @lm.command("prepare")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(file_okay=False), help="corpus directory (default: runs/corpus/<config name>)")
-@click.option("--overwrite", is_flag=True, help="delete an existing corpus in --out first")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary of the manifest on stdout")
-@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@run_options("corpus directory (default: runs/corpus/<config name>)", what="corpus", progress_help="no progress bars",
+             json_help="print a JSON summary of the manifest on stdout")
 @handles_errors
 def prepare_command(config: str, overrides: tuple[str, ...], out: str | None, overwrite: bool, no_progress: bool,
                     as_json: bool, dry_run: bool) -> None:
@@ -126,13 +121,7 @@ def natural_frequency(source: str, tokenizer_path: str | None, dtype: str | None
 
 
 @lm.command("train")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/lm/<config name>)")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
-@click.option("--overwrite", is_flag=True, help="delete an existing run in --out first")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
+@run_options("run directory (default: runs/lm/<config name>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint (error if none)")
 @click.option("--verbose", is_flag=True, help="OLMo-core's INFO log on stderr")
 @handles_errors
@@ -178,13 +167,8 @@ def train_keys() -> None:
 
 
 @lm.command("sweep")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(file_okay=False), help="sweep directory (default: runs/lm/<config name>)")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("--dry-run", is_flag=True, help="print the resolved config and its cells, and exit")
-@click.option("--overwrite", is_flag=True, help="delete an existing sweep in --out first")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
+@run_options("sweep directory (default: runs/lm/<config name>)", what="sweep",
+             dry_run_help="print the resolved config and its cells, and exit", progress_help="no progress bars")
 @handles_errors
 def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
                   overwrite: bool, no_progress: bool) -> None:
