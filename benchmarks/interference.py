@@ -1,9 +1,10 @@
 """Cost of logging per-task gradient interference, against a plain training step timed in the same process.
 
 A logged step is what `raretask synth interference` does at an evaluation point in batch mode: the training step
-with a `GradientTap` (per-task encoder gradients of the step's own batch, in one pass, their sum standing in for the
-encoder's weight gradient) plus `interference_metrics` (K x K cosines, ||G_F||, projection on the rare subspace).
-The reference for "one pass" is the naive way: K extra backward passes, one per task's share of the loss.
+with a `GradientTap` (the Gram matrix of the per-task encoder gradients of the step's own batch and ||G_F B_r||, from
+the factors delta_i, x_i, which also give the encoder's weight gradient) plus `interference_metrics` (K x K cosines,
+||G_F||, projection on the rare subspace). The reference for "one pass" is the naive way: K extra backward passes,
+one per task's share of the loss.
 
 (a) configs/synthetic/interference.toml (CPU-sized: d 32, K 6, 5 widths, 2 seeds, batch 64).
 (b) configs/synthetic/paper_fig2.toml at beta = 2: d 1024, K 32, widths 2..256 (`--paper-seeds`, `--paper-batch`).
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from raretask.analysis.interference import GradientTap, InterferenceConfig, interference_metrics
+from raretask.analysis.interference import GradientTap, Targets, gradient_stats, interference_metrics
 from raretask.config import load_config
+from raretask.synthetic.interference import InterferenceConfig
 from raretask.synthetic.train import SweepTrainer, SynthConfig, expand_grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,14 +59,14 @@ def steps(cfg: InterferenceConfig, device: torch.device, cosines: str) -> dict:
     trainer = SweepTrainer(cfg, device)
     mix, F, r = cfg.probe()
     tasks = list(range(mix.num_tasks)) if cosines == "all" else sorted({*F, r})
-    basis = torch.as_tensor(mix.bases[r], device=device)
-    tap = GradientTap(trainer.student)
     student, B = trainer.student, cfg.train.batch_size
+    targets = Targets(F, r, torch.as_tensor(mix.bases[r], device=device), tasks)
+    tap = GradientTap(student, targets, [p * B for p in mix.frequencies])
 
     def logged() -> None:
         with tap:
             trainer.step()
-        interference_metrics(student, tap.gradients, F, r, basis, tasks)
+        interference_metrics(tap.stats, targets)
 
     def naive() -> None:  # the same numbers by K backward passes (before a plain step)
         batch = trainer.stream.sample(B)
@@ -74,7 +76,7 @@ def steps(cfg: InterferenceConfig, device: torch.device, cosines: str) -> dict:
         sq = (pred - batch.y[:, None]).square().sum(-1)  # (S*B, C)
         g = torch.stack([torch.autograd.grad((sq * (task == k)[:, None]).sum() / B, student.encoder,
                                              retain_graph=k < K - 1)[0] for k in range(K)], 1)
-        interference_metrics(student, g, F, r, basis, tasks)
+        interference_metrics(gradient_stats(student, g, targets), targets)
         trainer.step()
 
     return {"plain": trainer.step, "logged": logged, "naive": naive}

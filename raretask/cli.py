@@ -200,7 +200,7 @@ ANALYSES: dict[str, tuple[str, str, str, str, str]] = {
                   "Fig. 4/20: rare task injected every G steps at a matched rate: gain, decay, final signal."),
     "toy": ("raretask.synthetic.toys", "ToyConfig", "run_toy", "toy_sections",
             "App. C.4 / Fig. 11: one-neuron update-and-forget and the 1-vs-2-neuron competition toy."),
-    "interference": ("raretask.analysis.interference", "InterferenceConfig", "run_interference",
+    "interference": ("raretask.synthetic.interference", "InterferenceConfig", "run_interference",
                      "interference_sections",
                      "Per-task encoder gradients in one pass: pairwise cosines, projection on the rare subspace."),
     "neurons": ("raretask.synthetic.neurons", "NeuronsConfig", "run_neurons", "neurons_sections",

@@ -1,4 +1,5 @@
-"""Per-task encoder gradients in one pass equal K separate backward passes; the tap leaves training unchanged."""
+"""Per-task encoder gradients in one pass equal K separate backward passes; their factored Gram statistics equal
+those of the materialised gradients; the tap leaves training unchanged."""
 
 import contextlib
 import numpy as np
@@ -6,9 +7,11 @@ import pytest
 import torch
 
 from raretask.analysis import interference
-from raretask.analysis.interference import (GradientTap, InterferenceConfig, exact_task_gradients,
-                                            interference_metrics, per_task_gradients)
-from raretask.config import ConfigError, load_config
+from raretask.analysis.interference import (GradientTap, Targets, batch_stats, exact_task_gradients,
+                                            gradient_stats, hidden_gradients,
+                                            interference_metrics, per_task_gradients, per_task_stats, plan_split)
+from raretask.config import load_config
+from raretask.synthetic.interference import InterferenceConfig
 from raretask.synthetic.mixture import TaskStream
 from raretask.synthetic.model import CellStudent, SweepStudent
 from raretask.synthetic.train import SweepTrainer
@@ -55,7 +58,8 @@ def cfg(tmp_path):
 def reference_loop(student, x, y, offsets, counts):
     """K backward passes: task k's share of the batch loss, differentiated alone."""
     pred = student(x, offsets)
-    task_of_row = torch.repeat_interleave(torch.arange(counts.numel()) % counts.shape[-1], counts.flatten())
+    task_of_row = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device) % counts.shape[-1],
+                                          counts.flatten())
     out = []
     for k in range(counts.shape[-1]):
         mask = (task_of_row == k).to(pred.dtype)
@@ -69,9 +73,10 @@ def reference_loop(student, x, y, offsets, counts):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("block_diagonal", [True, False])
-def test_sweep_per_task_gradients_equal_a_backward_per_task(cfg, dtype, tol, block_diagonal, monkeypatch):
-    monkeypatch.setattr(interference, "BLOCK_DIAGONAL_FLOPS", float("inf") if block_diagonal else 0.0)
+@pytest.mark.parametrize("path", ["gather", "block_diagonal", "per_cell"])
+def test_sweep_per_task_gradients_equal_a_backward_per_task(cfg, dtype, tol, path, monkeypatch):
+    monkeypatch.setattr(interference, "GATHER_ELEMENTS", float("inf") if path == "gather" else 0.0)
+    monkeypatch.setattr(interference, "BLOCK_DIAGONAL_FLOPS", float("inf") if path == "block_diagonal" else 0.0)
     c = cfg()
     mix = c.mixture.build()
     student = SweepStudent(mix.dim, mix.ranks, c.sweep.widths, c.sweep.seeds, dtype=dtype)
@@ -88,7 +93,9 @@ def test_sweep_per_task_gradients_equal_a_backward_per_task(cfg, dtype, tol, blo
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_cell_per_task_gradients_equal_a_backward_per_task(cfg, dtype, tol):
+@pytest.mark.parametrize("gather", [True, False])
+def test_cell_per_task_gradients_equal_a_backward_per_task(cfg, dtype, tol, gather, monkeypatch):
+    monkeypatch.setattr(interference, "GATHER_ELEMENTS", float("inf") if gather else 0.0)
     mix = cfg().mixture.build()
     student = CellStudent(mix.dim, mix.ranks, 4, seed=3, dtype=dtype)
     batch = TaskStream(mix, [3], torch.device("cpu"), dtype).sample(50)
@@ -109,9 +116,12 @@ def test_a_task_absent_from_the_batch_has_zero_gradient_and_nan_cosines(cfg):
     offsets = torch.cumsum(torch.tensor(counts), 0).to(torch.int32)
     g = per_task_gradients(student, x, y, offsets)
     assert torch.all(g[2] == 0) and torch.all(g[[0, 1, 3]].abs().amax((1, 2)) > 0)
-    m = interference_metrics(student, g, [0, 1], 3, torch.as_tensor(mix.bases[3]))
+    targets = Targets([0, 1], 3, torch.as_tensor(mix.bases[3]), [0, 1, 2, 3])
+    m = interference_metrics(gradient_stats(student, g, targets), targets)
     assert np.isnan(m["cosine"][0, 0, 2]).all() and np.isfinite(m["cosine"][0, 0, 0, 1])
     assert np.isfinite(m["mean_cosine"]).all()  # the mean runs over the pairs that exist
+    factored = interference_metrics(per_task_stats(student, x, y, offsets, targets), targets)
+    np.testing.assert_allclose(factored["cosine"], m["cosine"], rtol=1e-9, atol=1e-12)  # NaN where m has NaN
 
 
 def test_exact_gradients_are_the_gradient_of_the_closed_form_loss(cfg):
@@ -153,8 +163,9 @@ def test_metrics_match_their_definitions(cfg):
     g = per_task_gradients(sweep, batch.x, batch.y, batch.offsets)
     F, r = [0, 1], 3
     Br = torch.as_tensor(mix.bases[r])
-    m = interference_metrics(sweep, g, F, r, Br)
-    sub = interference_metrics(sweep, g, F, r, Br, tasks=[0, 1, 3])
+    every, some = Targets(F, r, Br, [0, 1, 2, 3]), Targets(F, r, Br, [0, 1, 3])
+    m = interference_metrics(gradient_stats(sweep, g, every), every)
+    sub = interference_metrics(gradient_stats(sweep, g, some), some)
     for s in range(2):
         for cell, (o, n) in enumerate(zip(sweep.starts, sweep.widths)):
             flat = g[s, :, o:o + n].flatten(1)  # (K, N d)
@@ -174,10 +185,64 @@ def close(a, b):
     np.testing.assert_allclose(a, np.asarray(b, dtype=float), rtol=1e-9, atol=1e-12)
 
 
+SPLITS = [(0, []), (1, [True]), (1, [False]), (2, [True, False]), (4, [False, True, True, False])]
+
+
+@pytest.mark.parametrize("tasks, split", [(t, s) for t in ([0, 1, 2, 3], [0, 1, 3]) for s in SPLITS + [None]
+                                          if s is None or s[0] <= len(t)])
+def test_factored_statistics_equal_those_of_materialised_gradients(cfg, split, tasks):
+    """Every way of splitting tasks into materialised and factored gives the materialised Gram, projection and
+    weight gradient to 1e-10 (float64), with seeds that differ in their task counts."""
+    c = cfg()
+    mix = c.mixture.build()
+    sweep = SweepStudent(mix.dim, mix.ranks, c.sweep.widths, c.sweep.seeds, dtype=torch.float64)
+    batch = TaskStream(mix, c.sweep.seeds, torch.device("cpu"), torch.float64).sample(40)
+    assert not torch.equal(batch.counts[0], batch.counts[1])
+    targets = Targets([0, 1], 3, torch.as_tensor(mix.bases[3]), tasks)
+    g = per_task_gradients(sweep, batch.x, batch.y, batch.offsets)
+    ref = gradient_stats(sweep, g, targets)
+    pred = sweep(batch.x, batch.offsets)
+    (grad_pred,) = torch.autograd.grad(interference.batch_loss(sweep, pred, batch.y), pred)
+    delta = hidden_gradients(sweep, grad_pred.detach(), batch.offsets)
+    stats, total = batch_stats(sweep, batch.x, delta, batch.offsets, targets, total=True, split=split)
+    torch.testing.assert_close(stats.gram, ref.gram, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(stats.projection, ref.projection, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(total, g.sum(1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_factored_statistics_of_a_single_cell(cfg, split):
+    mix = cfg().mixture.build()
+    cell = CellStudent(mix.dim, mix.ranks, 4, seed=3, dtype=torch.float64)
+    batch = TaskStream(mix, [3], torch.device("cpu"), torch.float64).sample(50)
+    targets = Targets([0], 3, torch.as_tensor(mix.bases[3]), [0, 1, 2, 3])
+    g = per_task_gradients(cell, batch.x[0], batch.y, batch.offsets)
+    ref = gradient_stats(cell, g, targets)
+    pred = cell(batch.x[0], batch.offsets)
+    (grad_pred,) = torch.autograd.grad(interference.batch_loss(cell, pred, batch.y), pred)
+    delta = hidden_gradients(cell, grad_pred.detach(), batch.offsets)
+    stats, total = batch_stats(cell, batch.x[0], delta, batch.offsets, targets, total=True, split=split)
+    torch.testing.assert_close(stats.gram, ref.gram, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(stats.projection, ref.projection, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(total, g.sum(0), rtol=1e-10, atol=1e-12)
+
+
+def test_the_split_materialises_frequent_tasks_only_where_that_is_cheaper():
+    """At the paper's shape (Zipf 2 counts of a 1024 batch) a few frequent tasks are materialised, the most
+    frequent meets the rare ones through g_a X^T; in a tiny problem nothing is materialised."""
+    counts = sorted((1024 * np.arange(1, 33, dtype=float) ** -2 / (np.arange(1, 33, dtype=float) ** -2).sum()),
+                    reverse=True)
+    m, z = plan_split(counts, 512, 1024)
+    assert 2 <= m <= 8 and z[0]
+    assert plan_split([26.0, 13, 9, 7, 5, 4], 31, 32)[0] == 0  # the CPU preset: d 32, K 6, batch 64
+
+
 def test_tapped_step_trains_like_a_plain_step_and_reports_that_batch(cfg):
     c = cfg("train.steps=3")
     plain, tapped = SweepTrainer(c), SweepTrainer(c)
-    tap = GradientTap(tapped.student)
+    mix = tapped.mixture
+    targets = Targets([0, 1], 3, torch.as_tensor(mix.bases[3]), list(range(mix.num_tasks)))
+    tap = GradientTap(tapped.student, targets)
     for _ in range(3):
         before = {k: v.clone() for k, v in tapped.student.state_dict().items()}
         stream = tapped.stream.state()
@@ -191,7 +256,9 @@ def test_tapped_step_trains_like_a_plain_step_and_reports_that_batch(cfg):
         replay = TaskStream(tapped.mixture, c.sweep.seeds, torch.device("cpu"))
         replay.load_state(stream)
         batch = replay.sample(c.train.batch_size)
-        torch.testing.assert_close(tap.gradients, per_task_gradients(probe, batch.x, batch.y, batch.offsets))
+        ref = gradient_stats(probe, per_task_gradients(probe, batch.x, batch.y, batch.offsets), targets)
+        torch.testing.assert_close(tap.stats.gram, ref.gram, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(tap.stats.projection, ref.projection, rtol=1e-4, atol=1e-6)
     for name, p in plain.student.named_parameters():
         torch.testing.assert_close(dict(tapped.student.named_parameters())[name], p, rtol=1e-5, atol=1e-6)
 
@@ -201,7 +268,7 @@ def test_tap_works_on_a_single_cell_trained_by_hand(cfg):
     plain, tapped = (CellStudent(mix.dim, mix.ranks, 3, seed=2) for _ in range(2))
     opts = [torch.optim.AdamW(m.parameters(), lr=0.05) for m in (plain, tapped)]
     stream = TaskStream(mix, [2], torch.device("cpu"))
-    tap = GradientTap(tapped)
+    tap = GradientTap(tapped, Targets([0], 3, torch.as_tensor(mix.bases[3]), [0, 1, 2, 3]))
     for _ in range(3):
         batch = stream.sample(32)
         for model, opt, use_tap in [(plain, opts[0], False), (tapped, opts[1], True)]:
@@ -209,28 +276,13 @@ def test_tap_works_on_a_single_cell_trained_by_hand(cfg):
             with tap if use_tap else contextlib.nullcontext():
                 (model(batch.x[0], batch.offsets) - batch.y).square().sum(-1).mean().backward()
             opt.step()
-        assert tap.gradients.shape == (mix.num_tasks, 3, mix.dim)
+        assert tap.stats.gram.shape == (1, 1, mix.num_tasks, mix.num_tasks)
     torch.testing.assert_close(tapped.encoder, plain.encoder, rtol=1e-5, atol=1e-6)
 
 
 def test_tap_refuses_a_step_that_never_reached_the_predictions(cfg):
     trainer = SweepTrainer(cfg())
     with pytest.raises(RuntimeError, match="no backward"):
-        with GradientTap(trainer.student):
+        with GradientTap(trainer.student, Targets([0], 3, torch.zeros(10, 2), [0, 3])):
             pass
     assert trainer.student.encoder.requires_grad
-
-
-@pytest.mark.parametrize("override, message", [
-    ("interference.rare=zzz", "interference.rare: no task named 'zzz'"),
-    ("interference.rare=a", "interference.rare: task 'a' is in the frequent set F"),
-    ("interference.mode=noisy", "interference.mode: 'noisy' is not one of"),
-])
-def test_bad_probe_settings_name_the_field(cfg, override, message):
-    with pytest.raises(ConfigError, match=message):
-        cfg(override)
-
-
-def test_default_rare_task_is_the_least_frequent(cfg):
-    mix, F, r = cfg().probe()
-    assert mix.names[r] == "d" and r not in F
