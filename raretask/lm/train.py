@@ -265,9 +265,36 @@ def prepare(cfg: LMConfig, out: Path, world_size: int = 1) -> Prepared:
 # ------------------------------------------------------------------------------------------------------ training
 
 
+@contextlib.contextmanager
+def _process_state() -> Any:
+    """Put back what OLMo-core's training environment and Trainer change for the whole process (default device,
+    thread count, multiprocessing start method, CUDA sync debug mode), so that code run after `train` in the same
+    process (a sweep's next cell, the demo's next part, a notebook) sees the process as it was."""
+    import multiprocessing as mp
+
+    import torch
+
+    device, threads, start = torch.get_default_device(), torch.get_num_threads(), mp.get_start_method(True)
+    sync = torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_default_device(None if device.type == "cpu" else device)
+        torch.set_num_threads(threads)
+        if mp.get_start_method(True) != start:
+            mp.set_start_method(start, force=True)
+        if sync is not None:
+            torch.cuda.set_sync_debug_mode(sync)
+
+
 def train(cfg: LMConfig, out: Path, *, progress: bool = True, overwrite: bool = False,
           verbose: bool = False) -> LMResult:
     """Train (or resume, or read back) the run of `cfg` in `out`; see the module docstring."""
+    with _process_state():
+        return _train(cfg, out, progress=progress, overwrite=overwrite, verbose=verbose)
+
+
+def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose: bool) -> LMResult:
     import pyarrow.parquet as pq
     import torch
     from olmo_core.config import DType
@@ -411,6 +438,10 @@ def _init_environment(cfg: LMConfig, verbose: bool) -> tuple[int, int]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(cfg.train.device)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and per_node > torch.cuda.device_count():
+        raise ConfigError(f"train.device: {per_node} processes per node on cuda, but this node has "
+                          f"{torch.cuda.device_count()} GPU(s): launch at most that many, or set train.device=cpu")
     # Its start-up chatter (logged before _quiet_logging, or printed) stays off stdout, which is --json's.
     logging.disable(logging.INFO if verbose else logging.WARNING)
     try:

@@ -415,7 +415,8 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> t
 
     One grouped_mm kernel forward and two backward. The kernel refuses strides that are not 16-byte aligned, so k
     and n are zero-padded to multiples of 4 when needed (the padding contributes exact zeros). Where a device or
-    dtype lacks grouped_mm, a loop over groups does the same (7x slower per training step at paper scale)."""
+    dtype lacks grouped_mm: on CUDA (torch 2.11 has it for bf16 only) one bmm over the groups padded to the largest
+    (`_padded_grouped_mm`); on a CPU a loop over groups (7x slower per training step at paper scale)."""
     k, n = a.shape[1], b.shape[2]
     pk, pn = -k % 4, -n % 4
     if pk or pn:
@@ -423,10 +424,32 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> t
         b = torch.nn.functional.pad(b, (0, pn, 0, pk))
     if _grouped_mm_works(a.device.type, a.dtype):
         out = _GroupedMM.apply(a.contiguous(), b.contiguous(), offsets)
+    elif a.device.type == "cuda" or PADDED_ON_CPU:
+        out = _padded_grouped_mm(a, b, offsets)
     else:
         starts = torch.cat([offsets.new_zeros(1), offsets[:-1]]).tolist()
         out = torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, offsets.tolist()))])
     return out[:, :n] if pn else out
+
+
+PADDED_ON_CPU = False  # tests set it to check `_padded_grouped_mm` on a CPU
+
+
+def _padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """grouped_mm as one bmm: each group's rows gathered into a (G, n_max, k) block, zero rows below its count.
+
+    Zipf counts make n_max G several times M (about 20x at the paper's shape), but that is a few large kernels where
+    a loop over groups is hundreds of small ones: on a GPU, launches cost more than the arithmetic. Autograd
+    differentiates the gather (padding rows add exact zeros to row 0) and the bmm. Rows past offsets[-1] are 0."""
+    ends = offsets.long()
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    counts = ends - starts
+    pos = torch.arange(int(counts.max()) if counts.numel() else 0, device=a.device)  # one host sync
+    valid = pos < counts[:, None]  # (G, n_max)
+    rows = torch.where(valid, starts[:, None] + pos, 0)
+    out = torch.bmm(a[rows] * valid[..., None].to(a.dtype), b)  # (G, n_max, n)
+    full = out.new_zeros(a.shape[0], b.shape[2])
+    return full.index_put((rows[valid],), out[valid])
 
 
 @functools.cache
@@ -438,5 +461,5 @@ def _grouped_mm_works(device: str, dtype: torch.dtype) -> bool:
         offsets = torch.tensor([3, 8], device=device, dtype=torch.int32)
         _GroupedMM.apply(a, b, offsets).square().sum().backward()
         return True
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError, AttributeError):  # AttributeError: a torch without grouped_mm
         return False

@@ -82,6 +82,7 @@ dim = 24
 zipf = 2.0
 tasks_from = { count = 8, rank = 1 }
 [train]
+device = "cpu"  # exact per-seed outcomes of the CPU random streams (a CUDA generator draws others)
 steps = 6000
 batch_size = 64
 lr = 0.01

@@ -281,14 +281,15 @@ def test_label_noise_only_on_real_outputs():
         assert abs(z.std() - 0.5) < 0.05 and abs(z.mean()) < 0.05
 
 
-@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("way", ["kernel", "padded", "loop"])
 @pytest.mark.parametrize("k,n,ends", [(8, 4, [3, 3, 10, 16]), (8, 3, [0, 5, 16, 16]), (5, 7, [16, 16, 16, 16])])
-def test_grouped_matmul_matches_loop(monkeypatch, kernel, k, n, ends):
-    """Forward and gradients equal a per-group loop, for torch's kernel (unaligned sizes padded) and the fallback;
-    empty groups included."""
+def test_grouped_matmul_matches_loop(monkeypatch, way, k, n, ends):
+    """Forward and gradients equal a per-group loop, for torch's kernel (unaligned sizes padded) and both fallbacks
+    (padded bmm, as on CUDA; loop); empty groups included."""
     from raretask.synthetic import mixture as m
 
-    monkeypatch.setattr(m, "_grouped_mm_works", lambda device, dtype: kernel)
+    monkeypatch.setattr(m, "_grouped_mm_works", lambda device, dtype: way == "kernel")
+    monkeypatch.setattr(m, "PADDED_ON_CPU", way == "padded")
     g = torch.Generator().manual_seed(0)
     a = torch.randn(16, k, generator=g, requires_grad=True)  # float32: the kernel has no float64
     b = torch.randn(len(ends), k, n, generator=g, requires_grad=True)

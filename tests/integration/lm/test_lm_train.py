@@ -170,13 +170,40 @@ def _evaluated(out: Path, step: int) -> bool:
     ("model.preset=4B", "model.preset"),
     ("tasks[0].frequency=0.1", "tasks[0].frequency"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(config, tmp_path, cli, override, field):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(config, tmp_path, cli, override, field, monkeypatch):
+    from raretask.lm import models
+
+    monkeypatch.setattr(models, "available_memory", lambda device: 24 * 2**30)  # 4B does not fit 24 GiB anywhere
     out = tmp_path / "never"
     r = cli("lm", "train", config, override, "--out", out, "--no-progress")
     assert r.exit_code == 2
     err = r.stderr.strip()
     assert err.startswith(f"error: {field}:") and "\n" not in err, err
     assert not out.exists()
+
+
+def test_more_processes_than_gpus_is_one_line(config, tmp_path, cli, monkeypatch):
+    import torch
+
+    from raretask.lm import train
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(torch.cuda.device_count() + 1))
+    monkeypatch.setenv("WORLD_SIZE", str(torch.cuda.device_count() + 1))
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))  # as on a GPU node
+    r = cli("lm", "train", config, "--out", tmp_path / "never", "--no-progress")
+    assert r.exit_code == 2 and r.stderr.strip().startswith("error: train.device: "), r.stderr
+    assert "processes per node on cuda" in r.stderr and not (tmp_path / "never").exists()
+
+
+def test_training_leaves_the_process_as_it_was(whole, config, tmp_path, cli):
+    import multiprocessing as mp
+
+    import torch
+
+    before = torch.get_default_device(), torch.get_num_threads(), mp.get_start_method(True)
+    summary(cli("lm", "train", config, "train.steps=2", "eval.every=2", "--out", tmp_path / "r", "--json",
+                "--no-progress"))
+    assert (torch.get_default_device(), torch.get_num_threads(), mp.get_start_method(True)) == before
 
 
 def test_resume_without_a_run_is_one_line_and_writes_nothing(config, tmp_path, cli):
@@ -189,7 +216,7 @@ def test_resume_without_a_run_is_one_line_and_writes_nothing(config, tmp_path, c
 @pytest.mark.slow  # two fresh processes importing torch and OLMo-core: ~15 CPU-seconds
 def test_two_processes_train_data_parallel_with_fsdp_like_one(config, tmp_path, cli):
     """`torchrun --nproc-per-node 2` on CPU (gloo): the same code path as GPUs, FSDP-sharded, same numbers."""
-    short = ["train.steps=10", "eval.every=5", "eval.reference=false"]
+    short = ["train.steps=10", "eval.every=5", "eval.reference=false", "train.device=cpu"]
     single = tmp_path / "single"
     summary(cli("lm", "train", config, *short, "--out", single, "--json", "--no-progress"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
