@@ -86,8 +86,8 @@ def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.T
     C = len(student.widths)
     if rows * grad_pred.shape[0] * r <= GATHER_ELEMENTS:  # D of each example's (seed, task), its cell's dL/dy^
         group = row_groups(offsets) if group is None else group
-        cell = student.row_cell.argmax(1)  # (rows,): the cell of each row (padding rows: any, their D is zero)
-        return (D.reshape(S * K, rows, r).index_select(0, group) * grad_pred.index_select(1, cell)).sum(-1)
+        return torch.linalg.vecdot(D.reshape(S * K, rows, r).index_select(0, group),
+                                   grad_pred.index_select(1, student.row_cell_index))
     if 2 * grad_pred.shape[0] * C * r * rows < BLOCK_DIAGONAL_FLOPS:
         real = student.real_rows  # block (cell c, output j) x (row of c): D[., row, j]
         cols = (student.cell_of_row[:, None] * r + torch.arange(r, device=D.device)).reshape(-1)
@@ -250,7 +250,8 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
     # ||G_F B_r||^2 per cell: G_F B_r = Delta_F^T (X_F B_r), on the whole batch with the other rows masked
     in_F = one_hot[:, targets.frequent].sum(-1, keepdim=True)  # (S*B, 1)
     XB = (X @ targets.basis.to(X)).view(S, B, -1)  # (S, B, r_r)
-    projection = torch.bmm((delta * in_F).view(S, B, rows).transpose(1, 2), XB).square().sum(-1) @ row_cell
+    GFB = torch.bmm((delta * in_F).view(S, B, rows).transpose(1, 2), XB)  # (S, rows, r_r)
+    projection = torch.linalg.vecdot(GFB, GFB) @ row_cell
     if m == 0:  # every task factored, on the whole batch (no gathering): small problems
         one = one_hot if T == list(range(K)) else one_hot[:, T]
         D, Xs, one = delta.view(S, B, rows), x.reshape(S, B, d), one.view(S, B, len(T))
@@ -412,22 +413,22 @@ class GradientTap:
 def interference_metrics(stats: GradientStats, targets: Targets) -> dict[str, np.ndarray]:
     """The module docstring's metrics from GradientStats, as float64 arrays: 'cosine' (S, C, T, T) among
     targets.tasks and 'frequent_norm', 'rare_norm', 'rare_projection', 'cos_rare_frequent', 'mean_cosine' (mean
-    over distinct pairs) (S, C); a CellStudent's come with S = C = 1."""
+    over distinct pairs) (S, C); a CellStudent's come with S = C = 1. NaN where a task has no example."""
     gram = stats.gram.cpu().numpy().astype(np.float64)
     proj = stats.projection.cpu().numpy().astype(np.float64)
     T = gram.shape[-1]
-    F, r = [targets.tasks.index(k) for k in targets.frequent], targets.tasks.index(targets.rare)
+    f = np.array([k in targets.frequent for k in targets.tasks], np.float64)  # (T,): the frequent set's indicator
+    r = targets.tasks.index(targets.rare)
     norms = np.sqrt(np.maximum(np.einsum("...ii->...i", gram), 0))  # (S, C, T)
-    FF = np.ix_(F, F)
-    frequent_norm = np.sqrt(np.maximum(gram[..., FF[0], FF[1]].sum((-1, -2)), 0))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a task without examples: NaN, not a number
+    frequent_norm = np.sqrt(np.maximum(gram @ f @ f, 0))  # ||G_F|| = sqrt(f^T Gram f)
+    with np.errstate(divide="ignore", invalid="ignore"):
         cosine = gram / (norms[..., :, None] * norms[..., None, :])
+        ratios = np.array([np.sqrt(np.maximum(proj, 0)) / frequent_norm,
+                           gram[..., r, :] @ f / (norms[..., r] * frequent_norm)])
         cosine[~np.isfinite(cosine)] = np.nan
-        off = cosine[..., ~np.eye(T, dtype=bool)]  # (S, C, T (T - 1)): distinct pairs
-        pairs = np.isfinite(off).sum(-1)
-        ratios = np.stack([np.sqrt(np.maximum(proj, 0)) / frequent_norm,
-                           gram[..., r, F].sum(-1) / (norms[..., r] * frequent_norm)])
         ratios[~np.isfinite(ratios)] = np.nan
-        return {"cosine": cosine, "frequent_norm": frequent_norm, "rare_norm": norms[..., r],
-                "rare_projection": ratios[0], "cos_rare_frequent": ratios[1],
-                "mean_cosine": np.where(pairs > 0, np.nansum(off, -1) / np.maximum(pairs, 1), np.nan)}
+        pair = np.isfinite(cosine) & (np.arange(T)[:, None] != np.arange(T))  # distinct pairs that exist
+        pairs = pair.sum((-1, -2))
+        mean = np.where(pairs > 0, np.where(pair, cosine, 0).sum((-1, -2)) / pairs, np.nan)
+    return {"cosine": cosine, "frequent_norm": frequent_norm, "rare_norm": norms[..., r],
+            "rare_projection": ratios[0], "cos_rare_frequent": ratios[1], "mean_cosine": mean}

@@ -437,20 +437,46 @@ PADDED_ON_CPU = False  # tests set it to check `_padded_grouped_mm` on a CPU
 
 
 def _padded_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """grouped_mm as one bmm: each group's rows gathered into a (G, n_max, k) block, zero rows below its count.
+    """grouped_mm as one bmm: group g's rows copied into block g of a zero (G, n_max, k) tensor.
 
-    Zipf counts make n_max G several times M (about 20x at the paper's shape), but that is a few large kernels where
-    a loop over groups is hundreds of small ones: on a GPU, launches cost more than the arithmetic. Autograd
-    differentiates the gather (padding rows add exact zeros to row 0) and the bmm. Rows past offsets[-1] are 0."""
+    Zipf counts make G n_max several times M (about 20x at the paper's shape), but that is a few large kernels where
+    a loop over groups is hundreds of small ones: on a GPU, launches cost more than the arithmetic. Every row has
+    exactly one place in the padded layout, so forward and backward move rows with index_copy / index_select (no
+    scatter-add). Rows past offsets[-1] give zeros."""
     ends = offsets.long()
-    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
-    counts = ends - starts
-    pos = torch.arange(int(counts.max()) if counts.numel() else 0, device=a.device)  # one host sync
-    valid = pos < counts[:, None]  # (G, n_max)
-    rows = torch.where(valid, starts[:, None] + pos, 0)
-    out = torch.bmm(a[rows] * valid[..., None].to(a.dtype), b)  # (G, n_max, n)
-    full = out.new_zeros(a.shape[0], b.shape[2])
-    return full.index_put((rows[valid],), out[valid])
+    counts = ends - torch.cat([ends.new_zeros(1), ends[:-1]])
+    n_max = int(counts.max()) if counts.numel() else 0  # one host sync
+    pos = torch.arange(n_max, device=a.device)
+    slot = (torch.arange(len(ends), device=a.device)[:, None] * n_max + pos)[pos < counts[:, None]]  # (offsets[-1],)
+    return _PaddedGroupedMM.apply(a, b, slot, n_max)
+
+
+class _PaddedGroupedMM(torch.autograd.Function):
+    """Row i of `a` sits at flat position slot[i] of the (G, n_max) layout (slot: (m,), rows past m are zero)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, n_max: int) -> torch.Tensor:
+        G, m = b.shape[0], slot.numel()
+        a_pad = a.new_zeros(G * n_max, a.shape[1]).index_copy_(0, slot, a[:m]).view(G, n_max, -1)
+        ctx.save_for_backward(a_pad, b, slot)
+        ctx.rows = a.shape[0]
+        out = torch.bmm(a_pad, b).view(G * n_max, -1).index_select(0, slot)  # (m, n)
+        return out if m == a.shape[0] else torch.cat([out, out.new_zeros(a.shape[0] - m, out.shape[1])])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        a_pad, b, slot = ctx.saved_tensors
+        G, n_max, m = b.shape[0], a_pad.shape[1], slot.numel()
+        g_pad = grad.new_zeros(G * n_max, grad.shape[1]).index_copy_(0, slot, grad[:m].contiguous())
+        g_pad = g_pad.view(G, n_max, -1)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.bmm(g_pad, b.transpose(1, 2)).view(G * n_max, -1).index_select(0, slot)
+            if m < ctx.rows:
+                grad_a = torch.cat([grad_a, grad_a.new_zeros(ctx.rows - m, grad_a.shape[1])])
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.bmm(a_pad.transpose(1, 2), g_pad)
+        return grad_a, grad_b, None, None
 
 
 @functools.cache

@@ -136,8 +136,9 @@ class SweepStudent(nn.Module):
         real_rows = torch.tensor(starts)[cell_of_row] + pos_in_cell  # where each real row lives
         row_cell = torch.zeros(total, C, dtype=dtype)  # (rows, C) one-hot; padding rows all zero
         row_cell[real_rows, cell_of_row] = 1
+        row_cell_index = row_cell.argmax(1)  # (rows,): each row's cell (padding rows: cell 0; their weights are 0)
         for name, value in [("cell_of_row", cell_of_row), ("pos_in_cell", pos_in_cell), ("real_rows", real_rows),
-                            ("row_cell", row_cell)]:
+                            ("row_cell", row_cell), ("row_cell_index", row_cell_index)]:
             self.register_buffer(name, value, persistent=False)
         # per band: block-diagonal layout (band row of real row, output j) -> column (cell's place in band)*r_max + j
         for b, (band, (first, last)) in enumerate(zip(self.bands, band_rows)):
