@@ -40,6 +40,7 @@ from raretask.synthetic.model import CellStudent, SweepStudent
 
 Student = SweepStudent | CellStudent
 GATHER_ELEMENTS = 1e6  # up to this many gathered decoder entries, hidden_gradients gathers per example
+GATHER_ELEMENTS_CUDA = 2.5e8  # on a GPU (1 GB): 3 kernels instead of a grouped matmul per cell
 BLOCK_DIAGONAL_FLOPS = 2e7  # below this, hidden_gradients uses one block-diagonal product (~1 ms on a CPU)
 
 
@@ -71,8 +72,8 @@ def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.T
     """delta_i = dL/dh_i from dL/dy^_i: the decoders applied transposed, group by group (linear in grad_pred).
 
     SweepStudent: grad_pred (S*B, C, r_max) -> (S*B, rows) (padding rows zero); CellStudent: (B, r_max) -> (B, N).
-    Three ways to the same numbers, by size: a small problem gathers each example's decoder (a few kernels; CPU
-    grouped matmuls cost ~80 us each however small); a sweep of moderate size takes one grouped matmul against
+    Three ways to the same numbers, by size: a small problem, or any that fits a GPU, gathers each example's
+    decoder (a few kernels; CPU grouped matmuls cost ~80 us each however small); a sweep of moderate size takes one grouped matmul against
     block-diagonal decoders of all cells (C times the arithmetic, but one kernel: 2.4x faster at the CPU preset's
     size, 3x slower at the paper's); a large one, one grouped matmul per cell. `group`: `row_groups(offsets)`,
     if the caller has it."""
@@ -84,7 +85,8 @@ def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.T
         return grouped_matmul(grad_pred, D.transpose(1, 2), offsets)  # D: (K, N, r) -> (K, r, N)
     S, K, rows, r = D.shape
     C = len(student.widths)
-    if rows * grad_pred.shape[0] * r <= GATHER_ELEMENTS:  # D of each example's (seed, task), its cell's dL/dy^
+    gather = GATHER_ELEMENTS_CUDA if D.device.type == "cuda" else GATHER_ELEMENTS
+    if rows * grad_pred.shape[0] * r <= gather:  # D of each example's (seed, task), its cell's dL/dy^
         group = row_groups(offsets) if group is None else group
         return torch.linalg.vecdot(D.reshape(S * K, rows, r).index_select(0, group),
                                    grad_pred.index_select(1, student.row_cell_index))
