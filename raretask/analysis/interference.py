@@ -61,10 +61,9 @@ def segment_outer(delta: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor) -
     return out
 
 
-def row_groups(offsets: torch.Tensor) -> torch.Tensor:
-    """The (seed, task) group of every row, (S*B,), from the group ends `offsets` (S*K,)."""
-    counts = torch.diff(offsets.long(), prepend=offsets.new_zeros(1).long())
-    return torch.repeat_interleave(torch.arange(offsets.numel(), device=offsets.device), counts)
+def row_groups(offsets: torch.Tensor, rows: int) -> torch.Tensor:
+    """The (seed, task) group of each of the batch's `rows` rows, (rows,), from the group ends `offsets` (S*K,)."""
+    return torch.searchsorted(offsets, torch.arange(rows, device=offsets.device, dtype=offsets.dtype), right=True)
 
 
 def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.Tensor,
@@ -75,19 +74,19 @@ def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.T
     Three ways to the same numbers, by size: a small problem, or any that fits a GPU, gathers each example's
     decoder (a few kernels; CPU grouped matmuls cost ~80 us each however small); a sweep of moderate size takes one grouped matmul against
     block-diagonal decoders of all cells (C times the arithmetic, but one kernel: 2.4x faster at the CPU preset's
-    size, 3x slower at the paper's); a large one, one grouped matmul per cell. `group`: `row_groups(offsets)`,
+    size, 3x slower at the paper's); a large one, one grouped matmul per cell. `group`: `row_groups(offsets, rows)`,
     if the caller has it."""
     D = student.decoder.detach()
     if isinstance(student, CellStudent):
         if D.shape[1] * grad_pred.numel() <= GATHER_ELEMENTS:
-            group = row_groups(offsets) if group is None else group
+            group = row_groups(offsets, grad_pred.shape[0]) if group is None else group
             return torch.einsum("bnr,br->bn", D[group], grad_pred)
         return grouped_matmul(grad_pred, D.transpose(1, 2), offsets)  # D: (K, N, r) -> (K, r, N)
     S, K, rows, r = D.shape
     C = len(student.widths)
     gather = GATHER_ELEMENTS_CUDA if D.device.type == "cuda" else GATHER_ELEMENTS
     if rows * grad_pred.shape[0] * r <= gather:  # D of each example's (seed, task), its cell's dL/dy^
-        group = row_groups(offsets) if group is None else group
+        group = row_groups(offsets, grad_pred.shape[0]) if group is None else group
         return torch.linalg.vecdot(D.reshape(S * K, rows, r).index_select(0, group),
                                    grad_pred.index_select(1, student.row_cell_index))
     if 2 * grad_pred.shape[0] * C * r * rows < BLOCK_DIAGONAL_FLOPS:
@@ -200,32 +199,39 @@ def gradient_stats(student: Student, g: torch.Tensor, targets: Targets) -> Gradi
 
 WRITE_COST = 20.0  # a materialised (rows, d) gradient costs about this many multiply-adds per entry (memory traffic)
 OP_COST = 2e5  # and a kernel launch about this many (a few microseconds on a CPU)
+OP_COST_CUDA = 5e8  # on a GPU a launch (~10 us) costs more arithmetic than these problems hold: fewest kernels
 
 
-def plan_split(counts: list[float], rows: int, d: int) -> tuple[int, list[bool]]:
+def op_cost(device: torch.device) -> float:
+    return OP_COST_CUDA if device.type == "cuda" else OP_COST
+
+
+def plan_split(counts: list[float], rows: int, d: int, kernel: float = OP_COST) -> tuple[int, list[bool]]:
     """How to compute the Gram of per-task gradients of one batch, given the tracked tasks' example counts sorted
     largest first: materialise the first m tasks' gradients g_a = Delta_a^T X_a (rows, d) and keep the rest as
     factors (Delta_k, X_k). Returns (m, for each of the m whether its inner products with the factored tasks use
     Z = g_a X_S^T (rows d n_S multiply-adds) rather than the factors (n_a n_S (rows + d))).
 
     Materialised pairs cost rows d each; factored pairs n_k n_l (rows + d); a frequent task's g is cheaper
-    whole, a rare task's as its few examples. Minimises the modelled multiply-adds over m."""
+    whole, a rare task's as its few examples. Minimises the modelled multiply-adds over m, a kernel launch counted
+    as `kernel` of them."""
     best: tuple[float, int, list[bool]] | None = None
     for m in range(len(counts) + 1):
         n_S = sum(counts[m:])
         z = [bool(rows * d <= n * (rows + d)) for n in counts[:m]]
         cross = sum(min(rows * d, n * (rows + d)) * n_S for n in counts[:m])
         cost = (rows * d * (WRITE_COST * m + m * m) + cross + n_S * n_S * (rows + d)
-                + OP_COST * (2 * m + 3 * any(z) + 8 * (n_S > 0)))
+                + kernel * (2 * m + 3 * any(z) + 8 * (n_S > 0)))
         if best is None or cost < best[0]:
             best = (cost, m, z)
     return best[1], best[2]
 
 
-def choose_split(counts: list[list[int]], tasks: list[int], rows: int, d: int) -> tuple[int, list[bool]]:
+def choose_split(counts: list[list[int]], tasks: list[int], rows: int, d: int,
+                 kernel: float = OP_COST) -> tuple[int, list[bool]]:
     """`plan_split` for a batch's per-seed task counts (S, K) and the tracked tasks (mean count over seeds)."""
     mean = sorted((sum(c[k] for c in counts) / len(counts) for k in tasks), reverse=True)
-    return plan_split(mean, rows, d)
+    return plan_split(mean, rows, d, kernel)
 
 
 def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets: torch.Tensor, targets: Targets,
@@ -233,7 +239,7 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
                 group: torch.Tensor | None = None) -> tuple[GradientStats, torch.Tensor | None]:
     """GradientStats of one batch's per-task encoder gradients, from delta = dL/dh (`hidden_gradients`) and x,
     without materialising all K gradients; with total=True also the encoder's weight gradient sum_k g_k, shaped
-    like the encoder. `split` forces `plan_split`'s answer (tests); `group`: `row_groups(offsets)`, if at hand.
+    like the encoder. `split` forces `plan_split`'s answer (tests); `group`: `row_groups(offsets, rows)`, if at hand.
 
     g_k = Delta_k^T X_k (rows of task k), so for factored tasks k, l and each cell c
         <g_k, g_l>_c = sum_{i in k, j in l} (delta_i . delta_j)_c (x_i . x_j),
@@ -246,8 +252,9 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
     X = x.reshape(-1, d)  # (S*B, d): rows by (seed, task), like delta (S*B, rows)
     B, K, T = X.shape[0] // S, offsets.numel() // S, targets.tasks
     row_cell = row_cell.to(delta.dtype)
-    m, zform = split or choose_split(torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, K).tolist(), T, rows, d)
-    group = row_groups(offsets) if group is None else group
+    m, zform = split or choose_split(torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, K).tolist(), T, rows, d,
+                                     op_cost(delta.device))
+    group = row_groups(offsets, delta.shape[0]) if group is None else group
     one_hot = torch.nn.functional.one_hot(group % K, K).to(delta.dtype)  # (S*B, K): task of each row
     # ||G_F B_r||^2 per cell: G_F B_r = Delta_F^T (X_F B_r), on the whole batch with the other rows masked
     in_F = one_hot[:, targets.frequent].sum(-1, keepdim=True)  # (S*B, 1)
@@ -373,7 +380,7 @@ class GradientTap:
         if expected is not None:
             W = student.encoder
             self._split = plan_split(sorted((expected[k] for k in targets.tasks), reverse=True), W.shape[-2],
-                                     W.shape[-1])
+                                     W.shape[-1], op_cost(W.device))
 
     def __enter__(self) -> GradientTap:
         self.stats = None
@@ -397,12 +404,12 @@ class GradientTap:
     def _on_backward(self, x: torch.Tensor, grad_pred: torch.Tensor, offsets: torch.Tensor) -> None:
         if self.stats is not None:
             raise RuntimeError("GradientTap: the student ran more than one backward in a tapped step")
-        group = row_groups(offsets)
+        group = row_groups(offsets, grad_pred.shape[0])
         delta = hidden_gradients(self.student, grad_pred, offsets, group)
         if self._split is None:
             S = 1 if isinstance(self.student, CellStudent) else len(self.student.seeds)
             counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, -1).tolist()
-            self._split = choose_split(counts, self.targets.tasks, delta.shape[-1], x.shape[-1])
+            self._split = choose_split(counts, self.targets.tasks, delta.shape[-1], x.shape[-1], op_cost(x.device))
         self.stats, total = batch_stats(self.student, x, delta, offsets, self.targets, total=True, split=self._split,
                                         group=group)
         enc = self.student.encoder
