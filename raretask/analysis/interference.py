@@ -29,6 +29,7 @@ Metrics per cell (F = the frequent set, r = the rare task, B_r its input directi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,9 +256,9 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
     m, zform = split or choose_split(torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, K).tolist(), T, rows, d,
                                      op_cost(delta.device))
     group = row_groups(offsets, delta.shape[0]) if group is None else group
-    one_hot = torch.nn.functional.one_hot(group % K, K).to(delta.dtype)  # (S*B, K): task of each row
+    one_hot = _task_one_hot(S, K, delta.device, delta.dtype).index_select(0, group)  # (S*B, K): task of each row
     # ||G_F B_r||^2 per cell: G_F B_r = Delta_F^T (X_F B_r), on the whole batch with the other rows masked
-    in_F = one_hot[:, targets.frequent].sum(-1, keepdim=True)  # (S*B, 1)
+    in_F = one_hot @ _indicator(K, tuple(targets.frequent), delta.device, delta.dtype)  # (S*B, 1)
     XB = (X @ targets.basis.to(X)).view(S, B, -1)  # (S, B, r_r)
     GFB = torch.bmm((delta * in_F).view(S, B, rows).transpose(1, 2), XB)  # (S, rows, r_r)
     projection = torch.linalg.vecdot(GFB, GFB) @ row_cell
@@ -321,6 +322,20 @@ def _factored(D_I: torch.Tensor, X_I: torch.Tensor, one_I: torch.Tensor, D_J: to
     P = torch.stack([torch.bmm(D_I[:, :, o:o + n], D_J[:, :, o:o + n].transpose(1, 2))
                      for o, n in zip(starts, widths)], 1)  # (S, C, n_I, n_J): per cell, delta_i . delta_j
     return one_I.transpose(1, 2)[:, None] @ (P * Q[:, None]) @ one_J[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _task_one_hot(S: int, K: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(S*K, K): row g is the one-hot of group g's task (g mod K). Cached: a logged step is kernel-bound."""
+    return torch.nn.functional.one_hot(torch.arange(S * K, device=device) % K, K).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _indicator(K: int, tasks: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(K, 1): 1 for `tasks`."""
+    out = torch.zeros(K, 1, dtype=dtype, device=device)
+    out[list(tasks)] = 1
+    return out
 
 
 def _rows_of(seg: list[list[tuple[int, int]]], tasks: list[int], device: torch.device,
