@@ -10,7 +10,6 @@ from raretask.analysis import interference
 from raretask.analysis.interference import (GradientTap, Targets, batch_stats, exact_task_gradients,
                                             gradient_stats, hidden_gradients,
                                             interference_metrics, per_task_gradients, per_task_stats, plan_split)
-from raretask.config import load_config
 from raretask.synthetic.interference import InterferenceConfig
 from raretask.synthetic.mixture import TaskStream
 from raretask.synthetic.model import CellStudent, SweepStudent
@@ -49,10 +48,8 @@ seeds = [0, 5]
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(TOML)
-    return lambda *o: load_config(InterferenceConfig, path, list(o))
+def cfg(config_from):
+    return config_from(InterferenceConfig, TOML)
 
 
 def reference_loop(student, x, y, offsets, counts):

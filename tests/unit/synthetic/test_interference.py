@@ -2,17 +2,15 @@
 
 import pytest
 
-from raretask.config import ConfigError, load_config
+from raretask.config import ConfigError
 from raretask.synthetic.interference import InterferenceConfig
 
 from ..analysis.test_interference import TOML
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(TOML)
-    return lambda *o: load_config(InterferenceConfig, path, list(o))
+def cfg(config_from):
+    return config_from(InterferenceConfig, TOML)
 
 
 @pytest.mark.parametrize("override, message", [

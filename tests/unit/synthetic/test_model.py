@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from raretask.config import load_config
 from raretask.synthetic.mixture import TaskStream
 from raretask.synthetic.model import EncoderKind, SweepStudent
 from raretask.synthetic.train import SynthConfig, train_cell, train_group
@@ -39,10 +38,8 @@ seeds = [0, 4]
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(TOML)
-    return lambda *o: load_config(SynthConfig, path, list(o))
+def cfg(config_from):
+    return config_from(SynthConfig, TOML)
 
 
 @pytest.mark.parametrize("encoder", ["free", "orthonormal"])

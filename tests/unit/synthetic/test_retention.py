@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from raretask.config import ConfigError, load_config
+from raretask.config import ConfigError
 from raretask.synthetic.mixture import TaskStream
 from raretask.synthetic.retention import (InjectionSchedule, RareSchedule, RetentionConfig, RetentionProbe,
                                           eval_plan, fit_decay, frequent_tasks, gap_tables, matched_frequencies,
@@ -61,10 +61,8 @@ def _one_thread():
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(TOML)
-    return lambda *o: load_config(RetentionConfig, path, list(o))
+def cfg(config_from):
+    return config_from(RetentionConfig, TOML)
 
 
 def _schedule(kind, gap=8, B=32, rate=0.0625, seeds=(0,), pi=(0.6, 0.3, 0.1), rare=2):
