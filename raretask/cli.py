@@ -193,26 +193,29 @@ def synth_keys() -> None:
 # `.summary() -> dict`, the `--json` object) and `report_sections(run_dir) -> list[Section]`; every run writes
 # meta.json with kind = "synth.<name>" so `raretask report` finds the sections. Imports are lazy (fast --help).
 ANALYSES: dict[str, tuple[str, str, str, str, str]] = {
-    # name: (module, config class, run function, report-sections function, help)
+    # name: (module, config class, run function, report-sections function ("module:function" if elsewhere), help)
     "residual": ("raretask.synthetic.dynamics", "ResidualConfig", "run_residual", "residual_sections",
                  "Fig. 3/19: end-of-training signal of the most frequent and rarest task vs the residual; Thm 4."),
-    "retention": ("raretask.synthetic.retention", "RetentionConfig", "run_retention", "retention_sections",
+    "retention": ("raretask.synthetic.retention", "RetentionConfig", "run_retention",
+                  "raretask.report.retention:retention_sections",
                   "Fig. 4/20: rare task injected every G steps at a matched rate: gain, decay, final signal."),
     "toy": ("raretask.synthetic.toys", "ToyConfig", "run_toy", "toy_sections",
             "App. C.4 / Fig. 11: one-neuron update-and-forget and the 1-vs-2-neuron competition toy."),
     "interference": ("raretask.synthetic.interference", "InterferenceConfig", "run_interference",
                      "interference_sections",
                      "Per-task encoder gradients in one pass: pairwise cosines, projection on the rare subspace."),
-    "neurons": ("raretask.synthetic.neurons", "NeuronsConfig", "run_neurons", "neurons_sections",
+    "neurons": ("raretask.synthetic.neurons", "NeuronsConfig", "run_neurons", "raretask.report.neurons:neurons_sections",
                 "Nonlinear neurons: allocation by ablation vs width, frequency, complexity; solutions exist."),
 }
 
 
 def _analysis(name: str, attr: int) -> Any:
+    """ANALYSES[name][attr] imported; an entry "module:function" names a function of another module."""
     import importlib
 
     entry = ANALYSES[name]
-    return getattr(importlib.import_module(entry[0]), entry[attr])
+    module, _, attr_name = entry[attr].rpartition(":")
+    return getattr(importlib.import_module(module or entry[0]), attr_name)
 
 
 def _make_analysis_command(name: str) -> None:

@@ -44,7 +44,6 @@ DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet ma
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -58,7 +57,7 @@ import numpy as np
 import torch
 
 from raretask import runs, theory
-from raretask.config import Config, ConfigError, StrEnum, load_config, option
+from raretask.config import Config, ConfigError, StrEnum, option
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import SweepStudent
 from raretask.synthetic.train import (EvalConfig, ModelConfig, SweepConfig, SweepTrainer, SynthConfig, TrainConfig,
@@ -433,6 +432,12 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
     return {"trace": trace, "cycles": cycles, "cosines": cos, "final": final}
 
 
+def _quiet(fn: Any, a: Any, axis: int | None = 0) -> Any:
+    with warnings.catch_warnings():  # an all-NaN slice (no fitted cycle) is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(np.asarray(a, float), axis)
+
+
 def _append(table: dict[str, list], **row: Any) -> None:
     for key, value in row.items():
         table.setdefault(key, []).append(value)
@@ -507,148 +512,8 @@ def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
                              tables={name: runs.concat_columns(parts[name]) for name in TABLES})
     for name in TABLES:
         runs.write_table(out / f"{name}.parquet", result.tables[name])
+    from raretask.report.retention import retention_figures
+
     retention_figures(result)
     meta.finish(groups=timings)
     return result
-
-
-# ------------------------------------------------------------------------------------------- figures and report
-
-
-def _quiet(fn: Any, a: Any, axis: int | None = 0) -> Any:
-    with warnings.catch_warnings():  # an all-NaN slice (no fitted cycle) is NaN, not a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fn(np.asarray(a, float), axis)
-
-
-def _rows_by(table: dict[str, list], keys: tuple[str, ...]) -> dict[tuple, list[int]]:
-    out: dict[tuple, list[int]] = {}
-    for i in range(len(table[keys[0]])):
-        out.setdefault(tuple(table[k][i] for k in keys), []).append(i)
-    return out
-
-
-def retention_figures(result: RetentionResult) -> list[Path]:
-    """Fig. 4 / 20: s~_r traces with injection ticks and per-cycle gain / decay for every (G, N); the final s~_r
-    heat map over G x N; decay per cycle vs width; cos(G_r, G_F) over training."""
-    from raretask.report.figures import _plt, _save
-
-    plt, out, cfg = _plt(), result.out, result.config
-    gaps, widths, seeds = cfg.sweep.gaps, cfg.sweep.widths, cfg.sweep.seeds
-    tr, cy = result.tables["trace"], result.tables["cycles"]
-    trace_rows, cycle_rows = _rows_by(tr, ("gap", "width", "seed")), _rows_by(cy, ("gap", "width", "step"))
-    fig, axes = plt.subplots(len(gaps), len(widths), figsize=(3.0 * len(widths), 2.0 * len(gaps)), squeeze=False,
-                             sharex=True, layout="constrained")  # constrained: twin axes' labels do not collide
-    for (i, G), (j, n) in itertools.product(enumerate(gaps), enumerate(widths)):
-        ax, first = axes[i, j], True
-        for seed in seeds:
-            rows = trace_rows.get((G, n, seed), [])
-            steps = [tr["step"][k] for k in rows]
-            ax.plot(steps, [tr["signal_rare_corrected"][k] for k in rows], lw=0.7, color="C0",
-                    label="s~_r" if first else None)
-            ax.plot(steps, [tr["signal_frequent_corrected"][k] for k in rows], lw=0.6, color="0.6", ls="--",
-                    label="s~_F (frequent)" if first else None)
-            first = False
-        if cfg.injection.schedule is RareSchedule.BURST:  # injection ticks along the bottom edge
-            ax.vlines(range(0, cfg.train.steps, G), 0, 0.05, transform=ax.get_xaxis_transform(), color="C2", lw=0.5)
-        per_cycle = sorted((t, np.mean([cy["gain"][k] for k in ks]), np.mean([cy["decay"][k] for k in ks]))
-                           for (g, w, t), ks in cycle_rows.items() if g == G and w == n)
-        twin = ax.twinx()  # right axis: mean over seeds of what each cycle gained and lost
-        twin.plot([c[0] for c in per_cycle], [c[1] for c in per_cycle], ":", color="C2", lw=0.8, label="gain")
-        twin.plot([c[0] for c in per_cycle], [c[2] for c in per_cycle], ":", color="0.3", lw=0.8, label="decay")
-        twin.tick_params(labelsize=6, colors="0.4")
-        ax.set_title(f"G={G}, N={n}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if i == j == 0:
-            ax.legend(fontsize=6, loc="upper left")
-            twin.legend(fontsize=6, loc="center left")
-    fig.supxlabel("step")
-    fig.supylabel("corrected signal (left); change per cycle (right)")
-    paths = [_save(fig, out / "retention_traces.png")]
-
-    fin = result.grid("signal_rare_corrected").mean(0)  # (G, W)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(widths), 1.2 + 0.5 * len(gaps)))
-    im = ax.imshow(fin, cmap="viridis", vmin=min(0.0, float(np.nanmin(fin))), vmax=1, aspect="auto")
-    for (i, j), v in np.ndenumerate(fin):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(im, ax=ax, label="final s~_r (mean over seeds)")
-    ax.set_xticks(range(len(widths)), [str(n) for n in widths])
-    ax.set_yticks(range(len(gaps)), [str(G) for G in gaps])
-    ax.set_xlabel("width N")
-    ax.set_ylabel("gap G")
-    paths.append(_save(fig, out / "retention_final.png"))
-
-    dec = result.grid("decay_per_cycle")  # (S, G, W)
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for i, G in enumerate(gaps):
-        mean, lo, hi = (_quiet(fn, dec[:, i]) for fn in (np.nanmean, np.nanmin, np.nanmax))
-        ax.errorbar(widths, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=2, label=f"G={G}")
-    ax.set_xlabel("width N")
-    ax.set_ylabel("decay per cycle  1 - a")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, out / "retention_decay.png"))
-
-    cos = result.tables["cosines"]
-    fig, axes = plt.subplots(1, len(gaps), figsize=(3.0 * len(gaps), 2.6), squeeze=False, sharey=True)
-    for (i, G), (j, n) in itertools.product(enumerate(gaps), enumerate(widths)):
-        pts = sorted((t, np.mean([cos["cosine"][k] for k in ks])) for (g, w, t), ks in
-                     _rows_by(cos, ("gap", "width", "step")).items() if g == G and w == n)
-        axes[0, i].plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8, label=f"N={n}",
-                        color=plt.cm.viridis(j / max(len(widths) - 1, 1)))
-        axes[0, i].set_title(f"G={G}", fontsize=8)
-        axes[0, i].set_xlabel("step")
-        axes[0, i].axhline(0, color="k", lw=0.4)
-    axes[0, 0].set_ylabel("cos(G_r, G_F), mean over seeds")
-    axes[0, -1].legend(fontsize=6)
-    paths.append(_save(fig, out / "retention_cosine.png"))
-    return paths
-
-
-def _grid_table(result: RetentionResult, key: str) -> list[list[str]]:
-    g, s = result.grid(key), result.config.sweep
-    mean, lo, hi = (_quiet(fn, g) for fn in (np.nanmean, np.nanmin, np.nanmax))
-    return [["gap G"] + [f"N={n}" for n in s.widths]] + [
-        [str(G)] + [f"{mean[i, j]:.3f} [{lo[i, j]:.3f}, {hi[i, j]:.3f}]" for j in range(len(s.widths))]
-        for i, G in enumerate(s.gaps)]
-
-
-def retention_sections(run_dir: Path) -> list[Any]:
-    """Report sections of a finished `synth retention` run directory."""
-    from raretask.report.html import Section
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "final.parquet").is_file():
-        raise ConfigError(f"{run_dir}: no final.parquet (is the run finished?)")
-    cfg = load_config(RetentionConfig, run_dir / "config.toml")
-    mixture = cfg.mixture.build()
-    r = rare_task(mixture, cfg.injection.rare)
-    F = frequent_tasks(mixture, r, cfg.injection.rate, cfg.eval.frequent_mass)
-    result = RetentionResult(out=run_dir, config=cfg, rare=mixture.names[r],
-                             tables={name: runs.read_table(run_dir / f"{name}.parquet") for name in TABLES})
-    inj, B = cfg.injection, cfg.train.batch_size
-    how = {RareSchedule.BURST: f"withheld for G steps, then m = G B rho_r = G x {B * inj.rate:.4g} of its samples "
-                               f"in one batch of B = {B}",
-           RareSchedule.INTERVAL: "spread evenly over the stream (one sample every 1/rho_r)",
-           RareSchedule.IID: "drawn with probability rho_r for every sample"}[inj.schedule]
-    cells = "Cells: mean over seeds [min, max]."
-    return [
-        Section("Retention: final rare-task signal (gap G x width N)",
-                f"Rare task {result.rare!r} at the matched rate rho_r = {inj.rate:.3g}, {how}; {cfg.train.steps} "
-                f"steps. Final corrected signal s~_r. {cells}",
-                figures=[run_dir / "retention_final.png"], table=_grid_table(result, "signal_rare_corrected")),
-        Section("Retention: s~_r over training",
-                "Left axis: s~_r per seed (blue) and the frequent set's s~_F (grey, dashed); green ticks: injections. "
-                "Right axis (dotted, mean over seeds): each measured cycle's gain (peak minus start) and decay "
-                "(peak minus the next start).",
-                figures=[run_dir / "retention_traces.png"]),
-        Section("Retention: decay per cycle",
-                "1 - a, with a the least-squares slope through the origin of s_r at the next cycle's start on s_r at "
-                f"the cycle's peak, over the cycles after {cfg.eval.fit_from:g} of training: the fraction of what "
-                f"an injection left that is gone by the next one (1: update-and-forget, 0: kept). {cells}",
-                figures=[run_dir / "retention_decay.png"], table=_grid_table(result, "decay_per_cycle")),
-        Section("Retention: frequent tasks and gradient interference",
-                f"Table: final s~_F of the frequent set F = {', '.join(mixture.names[k] for k in F)}. Figure: cosine "
-                "between the encoder gradients of a fresh rare-task batch and a fresh frequent-set batch over "
-                f"training. {cells}",
-                figures=[run_dir / "retention_cosine.png"], table=_grid_table(result, "signal_frequent_corrected")),
-    ]
