@@ -46,6 +46,7 @@ from olmo_core.train.callbacks import Callback  # noqa: E402
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
+from raretask.lm.environment import barrier, init_environment, on_rank0, process_state
 from raretask.lm.evaluate import COLUMNS, EvalConfig, LMEvalCallback, build_evalset
 from raretask.lm.models import LMModelConfig
 from raretask.lm.tasks import LMTaskConfig
@@ -265,32 +266,10 @@ def prepare(cfg: LMConfig, out: Path, world_size: int = 1) -> Prepared:
 # ------------------------------------------------------------------------------------------------------ training
 
 
-@contextlib.contextmanager
-def _process_state() -> Any:
-    """Put back what OLMo-core's training environment and Trainer change for the whole process (default device,
-    thread count, multiprocessing start method, CUDA sync debug mode), so that code run after `train` in the same
-    process (a sweep's next cell, the demo's next part, a notebook) sees the process as it was."""
-    import multiprocessing as mp
-
-    import torch
-
-    device, threads, start = torch.get_default_device(), torch.get_num_threads(), mp.get_start_method(True)
-    sync = torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_default_device(None if device.type == "cpu" else device)
-        torch.set_num_threads(threads)
-        if mp.get_start_method(True) != start:
-            mp.set_start_method(start, force=True)
-        if sync is not None:
-            torch.cuda.set_sync_debug_mode(sync)
-
-
 def train(cfg: LMConfig, out: Path, *, progress: bool = True, overwrite: bool = False,
           verbose: bool = False) -> LMResult:
     """Train (or resume, or read back) the run of `cfg` in `out`; see the module docstring."""
-    with _process_state():
+    with process_state():
         return _train(cfg, out, progress=progress, overwrite=overwrite, verbose=verbose)
 
 
@@ -308,9 +287,9 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
     from raretask.lm.models import count_params
 
     out = Path(out)
-    world, rank = _init_environment(cfg, verbose)
+    world, rank = init_environment(cfg.seed, resolve_device(cfg.train.device), cfg.train.threads, verbose)
     p = prepare(cfg, out, world)
-    if _on_rank0(lambda: _start_run_dir(cfg, out, overwrite), rank):
+    if on_rank0(lambda: _start_run_dir(cfg, out, overwrite), rank):
         return read_result(out)  # finished before: read back, not retrained
     t, T = cfg.train, cfg.data.seq_len
     if rank == 0:
@@ -318,7 +297,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
                             torch_threads=torch.get_num_threads())
         with runs.atomic_path(out / "injections.parquet") as tmp:
             pq.write_table(injection_log(p.plan), tmp)
-    _barrier()
+    barrier()
 
     # bf16: FSDP keeps bf16 parameter copies for compute and reduces in fp32 (OLMo's "mixed" FSDP precision);
     # a single process or DDP autocasts instead.
@@ -379,7 +358,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
                     tokens_per_s=(t.steps - evaluator.start_step) * tokens_per_step / max(seconds, 1e-9),
                     resumed_from=evaluator.start_step,
                     injections=p.plan.summary())
-    _barrier()
+    barrier()
     return read_result(out)
 
 
@@ -430,78 +409,6 @@ def load_trained_model(run_dir: Path, step: int | None = None, device: str = "cp
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _init_environment(cfg: LMConfig, verbose: bool) -> tuple[int, int]:
-    """OLMo-core's training environment: a process group when launched by torchrun, else none; quiet logging."""
-    import torch
-    import torch.distributed as dist
-    from olmo_core.train import prepare_training_environment
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(cfg.train.device)
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if device.type == "cuda" and per_node > torch.cuda.device_count():
-        raise ConfigError(f"train.device: {per_node} processes per node on cuda, but this node has "
-                          f"{torch.cuda.device_count()} GPU(s): launch at most that many, or set train.device=cpu")
-    # Its start-up chatter (logged before _quiet_logging, or printed) stays off stdout, which is --json's.
-    logging.disable(logging.INFO if verbose else logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            if world == 1:
-                prepare_training_environment(seed=cfg.seed, backend=None)
-            elif not dist.is_initialized():
-                backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-                prepare_training_environment(seed=cfg.seed, backend=backend)
-    finally:
-        logging.disable(logging.NOTSET)
-    # CPU is torch's default anyway; a default-device mode would wrap every torch call (~25% slower small steps)
-    torch.set_default_device(None if device.type == "cpu" else device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    _quiet_logging(verbose)
-    return world, (dist.get_rank() if dist.is_initialized() else 0)
-
-
-_NOISE = ("No checkpoint found in save folder", "torch.distributed is disabled", "DTensor random operators",
-          "Will skip setting env var")
-
-
-def _quiet_logging(verbose: bool) -> None:
-    """OLMo-core logs INFO to stdout; keep stdout for results: warnings and errors only (INFO with verbose), on
-    stderr, without the warnings that are expected here (no checkpoint yet, single process)."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    level = logging.INFO if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(level)  # also for loggers with a level of their own (torch's checkpoint DEBUG log)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(lambda r: verbose or not any(s in r.getMessage() for s in _NOISE))
-    root.addHandler(handler)
-    root.setLevel(level)
-    if not verbose:
-        for s in _NOISE:  # an identical filter is replaced, not added twice, when train() runs again
-            warnings.filterwarnings("ignore", message=f".*{s}")
-
-
-def _on_rank0(fn: Any, rank: int) -> Any:
-    """Run fn on rank 0 only and give every rank its result; a ConfigError there is raised on every rank."""
-    import torch.distributed as dist
-
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except ConfigError as e:
-            error = str(e)
-    if dist.is_initialized():
-        box = [(result, error)]
-        dist.broadcast_object_list(box, src=0)
-        result, error = box[0]
-    if error is not None:
-        raise ConfigError(error)
-    return result
-
-
 def _start_run_dir(cfg: LMConfig, out: Path, overwrite: bool) -> bool:
     """Create or reopen the run directory; True if it holds a finished run of this config."""
     resuming = runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
@@ -517,13 +424,6 @@ def _prune_checkpoints(folder: Path, keep: int) -> None:
 
     for _, d in (checkpoints(folder.parent)[:-keep] if keep else []):
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _references(cfg: LMConfig, p: Prepared) -> list[Any]:
