@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from raretask.config import ConfigError, load_config
-from raretask.synthetic.neurons import NeuronsConfig, NeuronsResult, Placement
+from raretask.synthetic.neurons import NeuronsConfig, NeuronsResult
+from raretask.synthetic.parity import Placement
 
 
 def figures(result: NeuronsResult) -> list[Path]:
