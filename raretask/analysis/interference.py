@@ -182,20 +182,29 @@ def _layout(student: Student) -> tuple[int, torch.Tensor, list[int], list[int]]:
 
 
 def gradient_stats(student: Student, g: torch.Tensor, targets: Targets) -> GradientStats:
-    """GradientStats from materialised per-task gradients g (`task_gradients`' shapes), in g's dtype and device.
-
-    <g_k, g_l> row by row (one bmm per seed over the encoder rows, no copy), then summed over each cell's rows:
-    2x faster on a CPU than one (T, N d) x (N d, T) product per cell, whose inner dimension is huge."""
+    """GradientStats from materialised per-task gradients g (`task_gradients`' shapes), in g's dtype and device."""
     S, row_cell, _, _ = _layout(student)
     g = g.reshape(S, *g.shape[-3:])  # (S, K, rows, d)
     row_cell = row_cell.to(g.dtype)
-    T = len(targets.tasks)
     sub = g if targets.tasks == list(range(g.shape[1])) else g[:, targets.tasks]  # (S, T, rows, d)
-    per_row = torch.stack([torch.bmm(sub[s].transpose(0, 1), sub[s].permute(1, 2, 0)) for s in range(S)])
-    gram = (per_row.flatten(2).transpose(1, 2) @ row_cell).transpose(1, 2).reshape(S, -1, T, T)
+    gram = _row_gram(sub, row_cell)
     G_F = g[:, targets.frequent].sum(1)  # (S, rows, d)
     projection = (G_F @ targets.basis.to(g)).square().sum(-1) @ row_cell  # (S, C)
     return GradientStats(gram, projection)
+
+
+def _row_gram(g: torch.Tensor, row_cell: torch.Tensor) -> torch.Tensor:
+    """<g_k, g_l> per cell for gradients g (S, T, rows, d): row by row (one bmm per seed over the encoder rows, no
+    copy), then summed over each cell's rows -> (S, C, T, T): 2x faster on a CPU than one (T, N d) x (N d, T) product
+    per cell, whose inner dimension is huge."""
+    S, T = g.shape[:2]
+    per_row = torch.stack([torch.bmm(g[s].transpose(0, 1), g[s].permute(1, 2, 0)) for s in range(S)])  # (S,rows,T,T)
+    return (per_row.flatten(2).transpose(1, 2) @ row_cell).transpose(1, 2).reshape(S, -1, T, T)
+
+
+def _counts(offsets: torch.Tensor, seeds: int) -> list[list[int]]:
+    """Examples per (seed, task) from the group ends `offsets` (S*K,)."""
+    return torch.diff(offsets, prepend=offsets.new_zeros(1)).view(seeds, -1).tolist()
 
 
 WRITE_COST = 20.0  # a materialised (rows, d) gradient costs about this many multiply-adds per entry (memory traffic)
@@ -253,8 +262,7 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
     X = x.reshape(-1, d)  # (S*B, d): rows by (seed, task), like delta (S*B, rows)
     B, K, T = X.shape[0] // S, offsets.numel() // S, targets.tasks
     row_cell = row_cell.to(delta.dtype)
-    m, zform = split or choose_split(torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, K).tolist(), T, rows, d,
-                                     op_cost(delta.device))
+    m, zform = split or choose_split(_counts(offsets, S), T, rows, d, op_cost(delta.device))
     group = row_groups(offsets, delta.shape[0]) if group is None else group
     one_hot = _task_one_hot(S, K, delta.device, delta.dtype).index_select(0, group)  # (S*B, K): task of each row
     # ||G_F B_r||^2 per cell: G_F B_r = Delta_F^T (X_F B_r), on the whole batch with the other rows masked
@@ -281,9 +289,7 @@ def batch_stats(student: Student, x: torch.Tensor, delta: torch.Tensor, offsets:
         for i, a in enumerate(L):
             b, e = seg[s][a]
             torch.matmul(delta[b:e].T, X[b:e], out=g_L[s, i])
-    per_row = torch.stack([torch.bmm(g_L[s].transpose(0, 1), g_L[s].permute(1, 2, 0)) for s in range(S)])
-    _put(gram, (per_row.flatten(2).transpose(1, 2) @ row_cell).transpose(1, 2).reshape(S, C, m, m),
-         [pos[a] for a in L], [pos[a] for a in L])
+    _put(gram, _row_gram(g_L, row_cell), [pos[a] for a in L], [pos[a] for a in L])
     if F_:
         idx_J, one_J = _rows_of(seg, F_, delta.device, delta.dtype)  # (S, n_J), (S, n_J, |F_|)
         D_J, X_J = delta[idx_J], X[idx_J]  # (S, n_J, rows), (S, n_J, d)
@@ -423,8 +429,8 @@ class GradientTap:
         delta = hidden_gradients(self.student, grad_pred, offsets, group)
         if self._split is None:
             S = 1 if isinstance(self.student, CellStudent) else len(self.student.seeds)
-            counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).view(S, -1).tolist()
-            self._split = choose_split(counts, self.targets.tasks, delta.shape[-1], x.shape[-1], op_cost(x.device))
+            self._split = choose_split(_counts(offsets, S), self.targets.tasks, delta.shape[-1], x.shape[-1],
+                                       op_cost(x.device))
         self.stats, total = batch_stats(self.student, x, delta, offsets, self.targets, total=True, split=self._split,
                                         group=group)
         enc = self.student.encoder
