@@ -46,8 +46,8 @@ from raretask import runs, theory
 from raretask.config import Config, ConfigError, option
 from raretask.synthetic.mixture import Mixture
 from raretask.synthetic.model import SweepStudent
-from raretask.synthetic.train import (SweepResult, SynthConfig, _null, _progress, expand_grid, group_name, group_slug,
-                                      resolve_device, train_group)
+from raretask.synthetic.train import (SweepResult, SynthConfig, _null, _progress, expand_grid, grid_point, group_name,
+                                      group_slug, resolve_device)
 
 RAREST, LOWEST_UTILITY = "rarest", "lowest_utility"
 
@@ -215,17 +215,7 @@ def run_residual(cfg: ResidualConfig, out: Path, *, progress: bool = True, overw
     bar = _progress() if progress else None
     with bar or _null():
         for assign, point, th in points:
-            gdir = out / "groups" / group_slug(assign)
-            if (gdir / "results.parquet").is_file():  # finished grid point: read back
-                res, cur = runs.read_table(gdir / "results.parquet"), runs.read_table(gdir / "curves.parquet")
-            else:
-                g = train_group(point, gdir, bar, label=group_name(assign), on_eval=Theorem4(th.mixture, th.F, device))
-                res = {**{k: [v] * len(g.results["task"]) for k, v in assign.items()}, **g.results}
-                cur = {**{k: [v] * len(g.curves["task"]) for k, v in assign.items()}, **g.curves}
-                runs.write_table(gdir / "curves.parquet", cur)
-                runs.write_table(gdir / "results.parquet", res)  # written last: marks the grid point finished
-                (gdir / "checkpoint.pt").unlink(missing_ok=True)
-                timings[group_name(assign)] = {"wall_time_s": g.wall_time_s, "steps_per_s": g.steps_per_s}
+            res, cur = grid_point(assign, point, out, bar, timings, on_eval=Theorem4(th.mixture, th.F, device))
             results.append(res)
             curves.append(cur)
     all_res, all_cur = runs.concat_columns(results), runs.concat_columns(curves)

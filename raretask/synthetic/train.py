@@ -438,6 +438,25 @@ def train_cell(cfg: SynthConfig, seed: int, width: int, steps: int | None = None
     return student
 
 
+def grid_point(assign: dict[str, Any], cfg: SynthConfig, out: Path, progress: Any, timings: dict[str, dict],
+               on_eval: Callable[[int, SweepStudent], dict[str, np.ndarray]] | None = None
+               ) -> tuple[dict[str, list], dict[str, list]]:
+    """One grid point of a sweep in out/groups/<slug>: its (results, curves) tables, the grid values `assign` as
+    leading columns. A finished point is read back; otherwise it is trained (resuming its checkpoint), written, and
+    its timing recorded in `timings`."""
+    gdir = out / "groups" / group_slug(assign)
+    if (gdir / "results.parquet").is_file():  # finished grid point: read back
+        return runs.read_table(gdir / "results.parquet"), runs.read_table(gdir / "curves.parquet")
+    g = train_group(cfg, gdir, progress, label=group_name(assign), on_eval=on_eval)
+    res = {**{k: [v] * len(g.results["task"]) for k, v in assign.items()}, **g.results}
+    cur = {**{k: [v] * len(g.curves["task"]) for k, v in assign.items()}, **g.curves}
+    runs.write_table(gdir / "curves.parquet", cur)
+    runs.write_table(gdir / "results.parquet", res)  # written last: marks the grid point finished
+    (gdir / "checkpoint.pt").unlink(missing_ok=True)
+    timings[group_name(assign)] = {"wall_time_s": g.wall_time_s, "steps_per_s": g.steps_per_s}
+    return res, cur
+
+
 def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
     """Train every cell of the config's sweep into `out` (resuming what a killed run left) and draw its figures."""
     from raretask.report import figures
@@ -451,18 +470,7 @@ def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool =
     bar = _progress() if progress else None
     with bar or _null():
         for assign, gcfg in expand_grid(cfg):
-            gdir = out / "groups" / group_slug(assign)
-            if (gdir / "results.parquet").is_file():  # finished grid point: skip
-                res, cur = runs.read_table(gdir / "results.parquet"), runs.read_table(gdir / "curves.parquet")
-            else:
-                g = train_group(gcfg, gdir, bar, label=group_name(assign))
-                extra = {k: [v] * len(g.results["task"]) for k, v in assign.items()}
-                res = {**extra, **g.results}
-                cur = {**{k: [v] * len(g.curves["task"]) for k, v in assign.items()}, **g.curves}
-                runs.write_table(gdir / "curves.parquet", cur)
-                runs.write_table(gdir / "results.parquet", res)  # written last: marks the grid point finished
-                (gdir / "checkpoint.pt").unlink(missing_ok=True)
-                timings[group_name(assign)] = {"wall_time_s": g.wall_time_s, "steps_per_s": g.steps_per_s}
+            res, cur = grid_point(assign, gcfg, out, bar, timings)
             results.append(res)
             curves.append(cur)
             assigns.append(assign)
