@@ -1,8 +1,18 @@
 """Fixtures shared by unit and integration tests."""
 
 import pytest
+import torch
 
 from raretask.config import load_config
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall badly on a busy machine). Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

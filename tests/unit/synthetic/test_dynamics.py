@@ -19,12 +19,7 @@ from raretask.synthetic.train import SynthConfig
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_psd_blocks(rng, d: int, K: int) -> tuple[np.ndarray, list[np.ndarray]]:
