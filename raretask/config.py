@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from raretask import presets
+
 
 class ConfigError(ValueError):
     """A user mistake in a config or on the command line. The message is one line and names the field."""
@@ -130,13 +132,16 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        # Relative paths inside a config are relative to where the user named it, even when the file read is the
+        # packaged preset of that name (a wheel install has no ./configs).
+        base = path.resolve().parent
+        source = path if path.is_file() else presets.find(path)
+        if source is None:
+            raise ConfigError(f"config file not found: {path} (nor a packaged preset: `raretask presets` lists them)")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(source.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        base = path.resolve().parent
     for item in overrides:
         apply_override(raw, item)
     cfg = cls.from_dict(raw)

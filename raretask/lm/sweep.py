@@ -30,7 +30,7 @@ Run directory:
   DIR/cells/<slug>/                    one `raretask.lm.train` run per cell (metrics.parquet, checkpoints, ...)
   DIR/results.parquet                  the last evaluation of every cell, one row per cell x task
   DIR/curves.parquet                   every evaluation of every cell, one row per cell x step x task
-  DIR/fig*.png                         Fig. 5, 6a, 6b, 22, 23 where the grid has their axes (raretask.lm.figures)
+  DIR/fig*.png                         Fig. 5, 6a, 6b, 22, 23 where the grid has their axes (drawn by raretask.report)
 
 Both tables carry the cell's grid keys: `cell` (its slug), `size`, `params` and `non_embedding_params` (N, counted
 on the built model), `tasks` (the run's tasks joined by "+"), `unit`, `grid_frequency` (the grid value, in `unit`),
@@ -310,7 +310,7 @@ class LMSweepResult:
 
 def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> LMSweepResult:
     """Train every cell of `cfg` into out/cells/<slug>/ (finished cells read back, unfinished ones resumed), then
-    write the combined tables and the figures; see the module docstring."""
+    write the combined tables (the CLI then draws the figures); see the module docstring."""
     out = Path(out)
     cells = expand_cells(cfg)
     rank = int(os.environ.get("RANK", "0"))
@@ -345,11 +345,8 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
     results, curves = combine(finished)
     sweep = LMSweepResult(out=out, config=cfg, results=results, curves=curves, cells=cells)
     if rank == 0:
-        from raretask.lm.figures import sweep_figures
-
         runs.write_table(out / "curves.parquet", curves)
         runs.write_table(out / "results.parquet", results)
-        sweep_figures(results, curves, out)
         assert meta is not None
         meta.finish(timings=timings)
     return sweep

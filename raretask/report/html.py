@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raretask import runs
+from raretask.config import ConfigError
 
 
 @dataclass
@@ -15,6 +16,14 @@ class Section:
     text: str = ""
     figures: list[Path] = field(default_factory=list)
     table: list[list[str]] | None = None  # first row is the header
+
+
+def finished(run_dir: Path, name: str) -> Path:
+    """run_dir/name, or a one-line error when a run has not written it (yet)."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {name} (is the run finished?)")
+    return path
 
 
 def write_report(out: Path, title: str, sections: list[Section]) -> Path:

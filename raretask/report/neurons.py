@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from raretask.config import ConfigError, load_config
+from raretask.config import load_config
+from raretask.report.html import Section, finished
+from raretask.report.plotting import pyplot, save_figure
 from raretask.synthetic.neurons import NeuronsConfig, NeuronsResult
 from raretask.synthetic.parity import Placement
 
 
-def figures(result: NeuronsResult) -> list[Path]:
+def figures(run_dir: Path) -> list[Path]:
     """accuracy_vs_width.png, allocation.png (neurons per task heat map and one cell's Delta), solutions.png."""
     import pandas as pd
 
-    from raretask.report.figures import _plt, _save
-
-    plt, cfg, out = _plt(), result.config, Path(result.out)
+    finished(run_dir, "summary.json")
+    result = NeuronsResult.load(run_dir)
+    plt, cfg, out = pyplot(), result.config, Path(result.out)
     tasks, widths, res = cfg.tasks.build(), cfg.sweep.widths, pd.DataFrame(result.tables["results"])
     labels = [f"{n} (pi={f:.3g}, k={k})" for n, f, k in zip(tasks.names, tasks.frequencies, tasks.sizes)]
     grid = {key: res.pivot_table(index="task", columns="width", values=key).loc[tasks.names, widths].to_numpy()
@@ -32,7 +33,7 @@ def figures(result: NeuronsResult) -> list[Path]:
     ax.set_xticks(widths, [str(n) for n in widths])
     ax.set(xlabel="neurons N", ylabel="final accuracy (mean over seeds)", ylim=(0.4, 1.02))
     ax.legend(fontsize=7)
-    paths = [_save(fig, out / "accuracy_vs_width.png")]
+    paths = [save_figure(fig, out / "accuracy_vs_width.png")]
 
     al, seed = pd.DataFrame(result.tables["allocation"]), cfg.sweep.seeds[0]
     n_show = result.solutions_width if result.solutions_width in widths else widths[len(widths) // 2]
@@ -50,7 +51,7 @@ def figures(result: NeuronsResult) -> list[Path]:
     fig.colorbar(im, ax=a2, label="Delta_ik (nats)")
     a2.set_yticks(range(len(labels)), tasks.names, fontsize=7)
     a2.set(xlabel="neuron i", title=f"ablation, N = {n_show}, seed {seed}")
-    paths.append(_save(fig, out / "allocation.png"))
+    paths.append(save_figure(fig, out / "allocation.png"))
 
     if "solutions" in result.tables:
         target = tasks.names[cfg.target(tasks)]
@@ -66,17 +67,14 @@ def figures(result: NeuronsResult) -> list[Path]:
         ax.set_title(f"N = {result.solutions_width}: reweighted then natural (solid), natural only (dashed)",
                      fontsize=9)
         ax.legend(fontsize=7, ncol=2)
-        paths.append(_save(fig, out / "solutions.png"))
+        paths.append(save_figure(fig, out / "solutions.png"))
     return paths
 
 
-def neurons_sections(run_dir: Path) -> list[Any]:
+def sections(run_dir: Path) -> list[Section]:
     """Report sections of a finished `synth neurons` run directory."""
-    from raretask.report.html import Section
-
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file():
-        raise ConfigError(f"{run_dir}: no summary.json (is the run finished?)")
+    finished(run_dir, "summary.json")
     cfg = load_config(NeuronsConfig, run_dir / "config.toml")
     summ = json.loads((run_dir / "summary.json").read_text())
     names, widths = [t["name"] for t in summ["tasks"]], cfg.sweep.widths

@@ -24,7 +24,7 @@ def _rows_by(table: dict[str, list], keys: tuple[str, ...]) -> dict[tuple, list[
 def retention_figures(result: RetentionResult) -> list[Path]:
     """Fig. 4 / 20: s~_r traces with injection ticks and per-cycle gain / decay for every (G, N); the final s~_r
     heat map over G x N; decay per cycle vs width; cos(G_r, G_F) over training."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt, out, cfg = _plt(), result.out, result.config
     gaps, widths, seeds = cfg.sweep.gaps, cfg.sweep.widths, cfg.sweep.seeds
@@ -145,3 +145,11 @@ def retention_sections(run_dir: Path) -> list[Any]:
                 f"training. {cells}",
                 figures=[run_dir / "retention_cosine.png"], table=_grid_table(result, "signal_frequent_corrected")),
     ]
+
+
+def figures(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("*.png"))
+
+
+def sections(run_dir: Path) -> list[Any]:
+    return retention_sections(run_dir)

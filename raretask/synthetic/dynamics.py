@@ -227,10 +227,9 @@ def run_residual(cfg: ResidualConfig, out: Path, *, progress: bool = True, overw
     runs.write_table(out / "residual.parquet", table)
     result = ResidualResult(out=out, config=cfg, table=table, points=[(a, th) for a, _, th in points])
     draw(result, all_cur, thm4)
-    from raretask.report import figures
+    from raretask.report.synthetic import sweep_figures
 
-    figures.synthetic_figures(SweepResult(out=out, config=base, results=all_res, curves=all_cur,
-                                          groups=[a for a, _, _ in points]))
+    sweep_figures(all_res, base, out)
     runs.write_json(out / "summary.json", result.summary())
     meta.finish(groups=timings)
     return result
@@ -304,7 +303,7 @@ def residual_figure(table: dict[str, list], points: list[tuple[dict, PointTheory
                     path: Path) -> Path:
     """s~ of the most frequent (o) and rare (^) task against delta_F, every (seed, width) cell; width by shade;
     dashed: delta*_F(N_r^crit), dotted: delta*_F(N_r^crit - 1). delta_F below a floor is drawn at the floor."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(points), figsize=(1.0 + 3.6 * len(points), 3.4), sharey=True, squeeze=False)
@@ -338,7 +337,7 @@ def _width_colorbar(fig: Any, mappable: Any, axes: Any, widths: list[int]) -> No
 
 def theorem4_figure(thm4: dict[str, list], widths: list[int], path: Path) -> Path:
     """||G_F(U)||_F against Theorem 4's bound at every evaluation of every cell; the bound holds below y = x."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
@@ -360,7 +359,7 @@ def loss_curves_figure(curves: dict[str, list], rows: list[int], mixture: Mixtur
                        path: Path) -> Path:
     """Fig. 21: per-task normalised loss against step (log x) for each width, mean over seeds; task colour from
     orange (most frequent) to purple (rarest); grey: the mean predictor's 1."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt = _plt()
     cols = min(3, len(widths))

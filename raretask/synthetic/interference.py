@@ -234,7 +234,7 @@ def _by_width(table: dict[str, list], key: str, widths: list[int]) -> tuple[list
 def draw_figures(result: InterferenceResult) -> list[Path]:
     """interference.png (the metrics over training, one line per width) and cosines.png (final K x K cosines of the
     narrowest and widest cells, mean over seeds)."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt, cfg, out, table = _plt(), result.config, Path(result.out), result.table
     mix, F, r = cfg.probe()

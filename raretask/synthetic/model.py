@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from raretask.config import StrEnum
-from raretask.synthetic.mixture import grouped_matmul
+from raretask.grouped import grouped_matmul
 
 
 class EncoderKind(StrEnum):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -49,11 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from raretask import runs
+from raretask.progress import progress_bar
 from raretask.config import Config, ConfigError, StrEnum, option
 from raretask.synthetic.model import init_seed
 from raretask.synthetic.parity import ParityConfig, ParityStream, ParityTasks, check_frequencies, parity
-from raretask.synthetic.train import (OptimizerKind, Schedule, TrainConfig, _null, _progress, lr_factor,
-                                      make_optimizer, resolve_device)
+from raretask.synthetic.train import OptimizerKind, Schedule, TrainConfig, lr_factor, make_optimizer, resolve_device
 
 CHANCE = math.log(2.0)  # logistic loss of f = 0
 
@@ -417,6 +418,22 @@ class NeuronsResult:
     solutions_width: int | None
     wall_time_s: float = 0.0
 
+    @staticmethod
+    def read_tables(out: Path) -> dict[str, dict[str, list]]:
+        """results, curves, allocation and (once run) solutions of a run directory."""
+        names = ("results", "curves", "allocation") + (("solutions",) if (out / "solutions.parquet").is_file() else ())
+        return {name: runs.read_table(out / f"{name}.parquet") for name in names}
+
+    @classmethod
+    def load(cls, out: Path) -> NeuronsResult:
+        """A finished run, read back from its directory alone."""
+        from raretask.config import load_config
+
+        out = Path(out)
+        meta = json.loads((out / "meta.json").read_text())
+        return cls(out, load_config(NeuronsConfig, out / "config.toml"), cls.read_tables(out),
+                   meta.get("solutions_width"), meta.get("wall_time_s", 0.0))
+
     def summary(self) -> dict[str, Any]:
         """The `--json` object (also DIR/summary.json): per width the per-task accuracy, loss and neurons (means
         over seeds); the solutions-exist numbers of the target task (mean and per seed)."""
@@ -456,20 +473,20 @@ class NeuronsResult:
 
 
 def run_neurons(cfg: NeuronsConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> NeuronsResult:
-    """The width sweep with its ablation, then the solutions-exist experiment; tables, figures and summary.json."""
+    """The width sweep with its ablation, then the solutions-exist experiment; tables and summary.json
+    (the figures are drawn by raretask.report.neurons)."""
     out, tasks = Path(out), cfg.tasks.build()
     device = resolve_device(cfg.train.device)  # a missing CUDA device is an error before anything is written
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     meta = runs.RunMeta(out, kind="synth.neurons", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
                         device=str(device), torch_threads=torch.get_num_threads())
     timings: dict[str, float] = {}
-    bar = _progress() if progress else None
-    with bar or _null():
+    with progress_bar(enabled=progress) as bar:
         if not (out / "results.parquet").is_file():
             start = time.perf_counter()
             run_sweep(cfg, tasks, out, bar)
             timings["sweep_s"] = time.perf_counter() - start
-        tables = {name: runs.read_table(out / f"{name}.parquet") for name in ("results", "curves", "allocation")}
+        tables = NeuronsResult.read_tables(out)
         n0 = solutions_width(cfg, tables["results"], tasks.names[cfg.target(tasks)]) \
             if cfg.solutions.enabled else None
         if n0 is not None:
@@ -477,11 +494,8 @@ def run_neurons(cfg: NeuronsConfig, out: Path, *, progress: bool = True, overwri
                 start = time.perf_counter()
                 run_solutions(cfg, tasks, n0, out, bar)
                 timings["solutions_s"] = time.perf_counter() - start
-            tables["solutions"] = runs.read_table(out / "solutions.parquet")
+            tables = NeuronsResult.read_tables(out)
     result = NeuronsResult(out, cfg, tables, n0, wall_time_s=meta.data["wall_time_s"] + time.time() - meta.start)
-    from raretask.report.neurons import figures
-
-    figures(result)
     runs.write_json(out / "summary.json", result.summary())
     meta.finish(parts=timings, solutions_width=n0)
     return result

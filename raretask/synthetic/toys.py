@@ -339,7 +339,7 @@ def _column(table: dict[str, list], key: str, **where: Any) -> np.ndarray:
 def draw_figures(result: ToyResult) -> list[Path]:
     """forget.png (Example 7: deterministic decay, gaps of the seeded traces, traces vs mean field) and fig11.png
     (rare and frequent alignment over steps, one panel per width)."""
-    from raretask.report.figures import _plt, _save
+    from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt, cfg, out, t = _plt(), result.config, Path(result.out), result.tables
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(cfg.forget.lrs)))

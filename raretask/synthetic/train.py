@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from raretask import runs
+from raretask.progress import progress_bar
 from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import CellStudent, EncoderKind, SweepStudent
@@ -458,17 +459,14 @@ def grid_point(assign: dict[str, Any], cfg: SynthConfig, out: Path, progress: An
 
 
 def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
-    """Train every cell of the config's sweep into `out` (resuming what a killed run left) and draw its figures."""
-    from raretask.report import figures
-
+    """Train every cell of the config's sweep into `out` (resuming what a killed run left); write its tables."""
     out = Path(out)
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     device = resolve_device(cfg.train.device)
     meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
                         device=str(device), torch_threads=torch.get_num_threads())
     results, curves, assigns, timings = [], [], [], {}
-    bar = _progress() if progress else None
-    with bar or _null():
+    with progress_bar(enabled=progress) as bar:
         for assign, gcfg in expand_grid(cfg):
             res, cur = grid_point(assign, gcfg, out, bar, timings)
             results.append(res)
@@ -478,7 +476,6 @@ def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool =
                          curves=runs.concat_columns(curves), groups=assigns)
     runs.write_table(out / "results.parquet", result.results)
     runs.write_table(out / "curves.parquet", result.curves)
-    figures.synthetic_figures(result)
     meta.finish(groups=timings)
     return result
 

@@ -60,7 +60,7 @@ def test_synth_keys_lists_documented_fields(cli):
 
 
 def _tiny_presets(root: Path, analyses: tuple[str, ...]) -> Path:
-    """Copies of the demo's presets, shrunk by overrides (the demo reads them from CONFIGS, patched below)."""
+    """Copies of the demo's presets, shrunk by overrides (the demo reads them through presets.root, patched below)."""
     from raretask import cli as cli_module
     from raretask.config import load_config
     from raretask.lm.corpus import CorpusConfig
@@ -68,7 +68,7 @@ def _tiny_presets(root: Path, analyses: tuple[str, ...]) -> Path:
     from raretask.synthetic.train import SynthConfig
 
     shrink = {"synthetic/default.toml": (SynthConfig, ["sweep.seeds=[0]", "train.steps=600", "eval.every=300"]),
-              "synthetic/residual.toml": (cli_module._analysis("residual", 1), ["sweep.seeds=[0]"]),
+              "synthetic/residual.toml": (cli_module.ANALYSES["residual"].load("config"), ["sweep.seeds=[0]"]),
               "lm/corpus/embedded.toml": (CorpusConfig, ["max_documents=120", "bpe_vocab_size=512"]),
               "lm/demo.toml": (LMSweepConfig, ["data.manifest=unused", "sweep.sizes=[\"cpu-30k\"]",
                                                "sweep.frequencies=[1e-3]", "train.steps=6", "eval.every=3",
@@ -85,8 +85,10 @@ def _tiny_presets(root: Path, analyses: tuple[str, ...]) -> Path:
 
 def test_demo_writes_one_report_with_every_part(cli, tmp_path, monkeypatch):
     from raretask import cli as cli_module
+    from raretask import presets
 
-    monkeypatch.setattr(cli_module, "CONFIGS", _tiny_presets(tmp_path / "configs", ("residual",)))
+    tiny = _tiny_presets(tmp_path / "configs", ("residual",))
+    monkeypatch.setattr(presets, "root", lambda: tiny)
     monkeypatch.setattr(cli_module, "DEMO_ANALYSES", ("residual",))
     out = tmp_path / "demo"
     r = cli("demo", "--out", out, "--no-progress")

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from raretask.config import ConfigError
-from raretask.synthetic.mixture import (MixtureConfig, Placement, TaskConfig, TasksFromConfig, TaskStream,
-                                        grouped_matmul)
+from raretask.synthetic.mixture import MixtureConfig, Placement, TaskConfig, TasksFromConfig, TaskStream
 
 CPU = torch.device("cpu")
 
@@ -273,28 +272,3 @@ def test_label_noise_only_on_real_outputs():
         z = np.concatenate(resid[k]).ravel()
         assert z.size > 500
         assert abs(z.std() - 0.5) < 0.05 and abs(z.mean()) < 0.05
-
-
-@pytest.mark.parametrize("way", ["kernel", "padded", "loop"])
-@pytest.mark.parametrize("k,n,ends", [(8, 4, [3, 3, 10, 16]), (8, 3, [0, 5, 16, 16]), (5, 7, [16, 16, 16, 16])])
-def test_grouped_matmul_matches_loop(monkeypatch, way, k, n, ends):
-    """Forward and gradients equal a per-group loop, for torch's kernel (unaligned sizes padded) and both fallbacks
-    (padded bmm, as on CUDA; loop); empty groups included."""
-    from raretask.synthetic import mixture as m
-
-    monkeypatch.setattr(m, "_grouped_mm_works", lambda device, dtype: way == "kernel")
-    monkeypatch.setattr(m, "PADDED_ON_CPU", way == "padded")
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(16, k, generator=g, requires_grad=True)  # float32: the kernel has no float64
-    b = torch.randn(len(ends), k, n, generator=g, requires_grad=True)
-    w = torch.randn(16, n, generator=g)
-    out = grouped_matmul(a, b, torch.tensor(ends, dtype=torch.int32))
-    (out * w).sum().backward()
-    starts = [0] + ends[:-1]
-    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
-    expected = torch.cat([a2[s:e] @ b2[i] for i, (s, e) in enumerate(zip(starts, ends))])
-    (expected * w).sum().backward()
-    assert out.shape == (16, n)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(a.grad, a2.grad)
-    torch.testing.assert_close(b.grad, b2.grad)  # zero for empty groups

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from raretask import runs
-from raretask.report.figures import _plt
+from raretask.report.plotting import pyplot, save_figure
 
 
 class _Table:
@@ -108,7 +107,7 @@ def _by_step(t: _Table, rows: np.ndarray, keys: list[str]) -> tuple[np.ndarray, 
 
 
 def _colors(n: int, cmap: str = "viridis") -> list[Any]:
-    plt = _plt()
+    plt = pyplot()
     return [plt.get_cmap(cmap)(x) for x in (np.linspace(0.05, 0.9, n) if n > 1 else [0.3])]
 
 
@@ -129,16 +128,8 @@ def _log_axes(ax: Any, y: bool) -> None:
         ax.yaxis.set_minor_formatter(plain)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    # The layout is constrained already: no bbox_inches="tight", which would draw the figure a second time.
-    with runs.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.9) -> tuple[Any, np.ndarray]:
-    fig, axes = _plt().subplots(nrows, ncols, figsize=(0.6 + w * ncols, 0.5 + h * nrows), squeeze=False,
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(0.6 + w * ncols, 0.5 + h * nrows), squeeze=False,
                                 layout="constrained")
     return fig, axes
 
@@ -189,7 +180,7 @@ def fig5_heatmaps(results: dict[str, list], path: Path, *, loss: str = "train_lo
             ax.set_ylabel(f"frequency ({_freq_label(t, r)})")
             ax.set_title(f"{task}: {what}", fontsize=9)
     fig.suptitle("Fig. 5: final task loss and accuracy by frequency and size (brighter = better)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 # ------------------------------------------------------------------------------------------------------ Fig. 6a
@@ -229,7 +220,7 @@ def fig6a_task_loss(curves: dict[str, list], path: Path, *, metric: str = "train
             ax.grid(alpha=0.3, which="both")
     axes[0, -1].legend(fontsize=7)
     fig.suptitle("Fig. 6a: tasks are learned in the order of frequency", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 # ------------------------------------------------------------------------------------------------------ Fig. 6b
@@ -270,7 +261,7 @@ def fig6b_matched(curves: dict[str, list], path: Path, *, metric: str = "test_lo
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, title="N instances every N batches", title_fontsize=7)
     fig.suptitle("Fig. 6b: matched frequency, larger injection gap N", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 # ------------------------------------------------------------------------------------------------------- Fig. 22
@@ -303,7 +294,7 @@ def fig22_task_vs_lm(curves: dict[str, list], path: Path, *, metric: str = "test
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, title="size", title_fontsize=7)
     fig.suptitle("Fig. 22: task loss vs general language-modelling loss", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 # ------------------------------------------------------------------------------------------------------- Fig. 23
@@ -361,7 +352,7 @@ def fig23_compute(curves: dict[str, list], path: Path, *, metric: str = "test_lo
             ax.grid(alpha=0.3, which="both")
     axes[0, -1].legend(fontsize=7)
     fig.suptitle("Fig. 23: task loss vs compute by model size", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 # ------------------------------------------------------------------------------------------------- one run, all
@@ -375,7 +366,7 @@ def run_curves(metrics: dict[str, list], path: Path) -> Path | None:
         return None
     tasks = t.unique("task", np.ones(t.n, dtype=bool))
     fig, axes = _grid(1, 3 if tasks else 1)
-    colors = [_plt().get_cmap("tab10")(i % 10) for i in range(len(tasks))]
+    colors = [pyplot().get_cmap("tab10")(i % 10) for i in range(len(tasks))]
     for task, c in zip(tasks, colors):
         steps, m = _by_step(t, t.col("task") == task, ["train_loss", "test_loss", "test_acc_labels",
                                                        "test_acc_vocab"])
@@ -400,7 +391,7 @@ def run_curves(metrics: dict[str, list], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 FIGURES = {  # file name -> (function, table it reads)

@@ -1,4 +1,4 @@
-"""Report sections of the LM lab's run directories (`raretask report DIR` dispatches every kind "lm*" here):
+"""The report of the LM lab's run directories, drawn from their tables alone:
 
   lm.sweep    the grid, the final numbers of every cell, and Fig. 5, 6a, 6b, 22, 23 where the grid has their axes
   lm.train    one run: final per-task numbers, requested vs realised injection rates, curves over training
@@ -13,16 +13,34 @@ from pathlib import Path
 from typing import Any
 
 from raretask.config import ConfigError
-from raretask.report.html import Section
+from raretask.report.html import Section, finished
+from raretask.report.lm_figures import FIGURES, run_curves, sweep_figures
 
 
-def lm_report_sections(run_dir: Path) -> list[Section]:
+def _kind(run_dir: Path) -> str:
+    return json.loads((Path(run_dir) / "meta.json").read_text()).get("kind")
+
+
+def figures(run_dir: Path) -> list[Path]:
+    """The figures of an LM run directory, drawn from its tables alone (a corpus has none)."""
+    from raretask.lm.sweep import read_sweep
+    from raretask.lm.train import read_result
+
+    run_dir, kind = Path(run_dir), _kind(run_dir)
+    if kind == "lm.sweep":
+        finished(run_dir, "results.parquet")
+        sweep = read_sweep(run_dir)
+        return sweep_figures(sweep.results, sweep.curves, run_dir)
+    if kind == "lm.train":
+        fig = run_curves(read_result(run_dir).metrics, run_dir / "curves.png")
+        return [] if fig is None else [fig]
+    return []
+
+
+def sections(run_dir: Path) -> list[Section]:
     """The sections of an LM run directory, chosen by its meta.json kind."""
     run_dir = Path(run_dir)
-    meta_path = run_dir / "meta.json"
-    if not meta_path.is_file():
-        raise ConfigError(f"{run_dir}: no meta.json (not a raretask run directory)")
-    kind = json.loads(meta_path.read_text()).get("kind")
+    kind = _kind(run_dir)
     if kind == "lm.sweep":
         return sweep_sections(run_dir)
     if kind == "lm.train":
@@ -83,12 +101,11 @@ SKIPPED = {
 
 
 def sweep_sections(run_dir: Path) -> list[Section]:
-    from raretask.lm.figures import FIGURES, sweep_figures
     from raretask.lm.sweep import read_sweep
 
     sweep = read_sweep(run_dir)
     cfg, res = sweep.config, sweep.results
-    drawn = {p.name: p for p in sweep_figures(res, sweep.curves, run_dir)}
+    drawn = {name: run_dir / name for name in FIGURES if (run_dir / name).is_file()}
     s = cfg.sweep
     tokens_per_step = cfg.train.global_batch_seqs * cfg.data.seq_len
     units = sorted({c.unit for c in sweep.cells})
@@ -121,7 +138,6 @@ def sweep_sections(run_dir: Path) -> list[Section]:
 
 
 def train_sections(run_dir: Path) -> list[Section]:
-    from raretask.lm.figures import run_curves
     from raretask.lm.train import read_result
 
     result = read_result(run_dir)
@@ -148,9 +164,8 @@ def train_sections(run_dir: Path) -> list[Section]:
         rows += [[r["task"], _fmt(r["instances"]), _fmt(r["requested_per_token"]), _fmt(r["realised_per_token"]),
                   _fmt(r["requested_per_batch"]), _fmt(r["realised_per_batch"])] for r in injections]
         sections.append(Section("Injections", "Every injection is listed in injections.parquet.", table=rows))
-    fig = run_curves(result.metrics, run_dir / "curves.png")
-    if fig is not None:
-        sections.append(Section("Over training", "Evaluated every eval.every steps.", figures=[fig]))
+    if (run_dir / "curves.png").is_file():
+        sections.append(Section("Over training", "Evaluated every eval.every steps.", figures=[run_dir / "curves.png"]))
     return sections
 
 

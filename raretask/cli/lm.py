@@ -1,4 +1,4 @@
-"""`raretask lm ...`: the LM lab's commands (registered on the root command in `raretask/cli.py`).
+"""`raretask lm ...`: the LM lab's commands (registered on the root command in `raretask/cli/__init__.py`).
 
 Every command reads a TOML config plus `dotted.key=value` overrides where it takes one; user mistakes raise
 `ConfigError`, printed as one line with exit status 2 by `handles_errors`. Heavy imports (OLMo-core, tokenizers)
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import click
 
-from raretask.cli import handles_errors, run_options
+from raretask.cli.options import handles_errors, run_options
+from raretask.report import pages
 
 
 @click.group()
@@ -129,7 +130,8 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
                   overwrite: bool, no_progress: bool, resume: bool, verbose: bool) -> None:
     """Pretrain CONFIG's model on its corpus with its tasks injected; metrics every eval.every steps.
 
-    Writes --out/metrics.parquet (one row per evaluation and task), injections.parquet, checkpoints/ and meta.json.
+    Writes --out/metrics.parquet (one row per evaluation and task), injections.parquet, checkpoints/, meta.json
+    and curves.png.
     Re-running into the same --out resumes from the last checkpoint with identical numbers; a finished run is read
     back (`--resume` says so explicitly: it refuses an --out without a run). Data-parallel on several GPUs:
     `torchrun --nproc-per-node G -m raretask.lm.train CONFIG --out DIR`."""
@@ -147,6 +149,7 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
     if resume and (overwrite or not (out_dir / "config.toml").is_file()):
         raise ConfigError(f"--resume: {'--overwrite starts afresh' if overwrite else f'no run in {out_dir} to resume'}")
     result = train(cfg, out_dir, progress=not no_progress, overwrite=overwrite, verbose=verbose)
+    pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))
         return
@@ -194,6 +197,7 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
         return
     out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
     result = run_sweep(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+    pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))
         return

@@ -1,0 +1,51 @@
+"""What every `raretask` command shares: one-line errors with exit status 2, and the run commands' common flags."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from raretask.config import ConfigError
+
+
+def handles_errors(fn: Callable) -> Callable:
+    """A `ConfigError` (a user mistake) becomes `error: <field>: <what>` on stderr and exit status 2; Ctrl-C says
+    how to resume."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def run_options(out_help: str = "run directory (default: runs/<config name>)", *, what: str = "run",
+                dry_run_help: str = "print the resolved config and exit", progress_help: str = "no progress bar",
+                json_help: str = "print a JSON summary on stdout") -> Callable:
+    """The arguments and flags every run command shares: CONFIG, dotted overrides, --out, --json, --dry-run,
+    --overwrite, --no-progress (then `handles_errors`), so each command states only what is its own."""
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed([
+            click.argument("config", type=click.Path(dir_okay=False)),
+            click.argument("overrides", nargs=-1),
+            click.option("--out", type=click.Path(file_okay=False), help=out_help),
+            click.option("--json", "as_json", is_flag=True, help=json_help),
+            click.option("--dry-run", is_flag=True, help=dry_run_help),
+            click.option("--overwrite", is_flag=True, help=f"delete an existing {what} in --out first"),
+            click.option("--no-progress", is_flag=True, help=progress_help),
+        ]):
+            fn = option(fn)
+        return fn
+
+    return decorate
