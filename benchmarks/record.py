@@ -68,7 +68,8 @@ class Target:
 
 def add_out_argument(ap: argparse.ArgumentParser) -> None:
     """The one option every benchmark shares: where the JSON goes (tests point it at a temporary directory)."""
-    ap.add_argument("--out", type=Path, metavar="PATH", help="JSON file to write (default: benchmarks/results/<name>.json)")
+    ap.add_argument("--out", type=Path, metavar="PATH",
+                    help="JSON file to write (default: benchmarks/results/<name>.json)")
 
 
 def git_commit() -> dict:
