@@ -13,12 +13,16 @@ Steps are timed in alternation (plain, logged, ...), best of `--rounds`, because
 from minute to minute. Target: logged / plain <= 1.5.
 
     python benchmarks/interference.py [--device cpu|cuda] [--rounds 5] [--only a|b] [--paper-seeds 1]
-                                      [--paper-batch 1024] [--paper-naive]
+                                      [--paper-batch 1024] [--paper-naive] [--out PATH]
+
+Writes every printed figure, the targets and the machine to benchmarks/results/interference.json
+(interference_cuda.json on CUDA; see benchmarks/record.py) and exits 1 if a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,8 @@ from raretask.analysis.interference import GradientTap, Targets, gradient_stats,
 from raretask.config import load_config
 from raretask.synthetic.interference import InterferenceConfig
 from raretask.synthetic.train import SweepTrainer, SynthConfig, expand_grid
+
+from record import Run, add_out_argument  # benchmarks/record.py: a script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "configs" / "synthetic"
@@ -82,8 +88,12 @@ def steps(cfg: InterferenceConfig, device: torch.device, cosines: str) -> dict:
     return {"plain": trainer.step, "logged": logged, "naive": naive}
 
 
-def report(name: str, cfg: InterferenceConfig, device: torch.device, rounds: int, n: int, naive: bool) -> None:
+def report(run: Run, part: str, name: str, cfg: InterferenceConfig, device: torch.device, rounds: int, n: int,
+           naive: bool) -> None:
+    """Time and print one config's steps, both ways of choosing the cosines; record them under `part` in `run`."""
     mix = cfg.mixture.build()
+    run.figures(part, d=mix.dim, tasks=mix.num_tasks, widths=list(cfg.sweep.widths), seeds=len(cfg.sweep.seeds),
+                batch=cfg.train.batch_size, steps_per_round=n, rounds=rounds)
     print(f"{name}: d={mix.dim}, K={mix.num_tasks}, widths {cfg.sweep.widths}, {len(cfg.sweep.seeds)} seed(s), "
           f"batch {cfg.train.batch_size}, {device}, {torch.get_num_threads()} thread(s)")
     for cosines in ["all", "frequent_rare"]:
@@ -96,9 +106,13 @@ def report(name: str, cfg: InterferenceConfig, device: torch.device, rounds: int
         if naive:
             line += f"   K backward passes {t['naive'] * 1e3:8.2f} ms ({t['naive'] / t['plain']:.2f}x)"
         print(line)
+        run.figures(part, **{cosines: {**{f"{k}_s": v for k, v in t.items()},
+                                       **{f"{k}/plain": v / t["plain"] for k, v in t.items() if k != "plain"}}})
+        run.target(f"({part}) {label} logged/plain", t["logged"] / t["plain"], 1.5, "<=", "x")
 
 
-def main() -> None:
+def main() -> int:
+    """Run the parts, write the results file; the exit status: 0 all targets met, 1 one missed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rounds", type=int, default=5)
@@ -108,22 +122,26 @@ def main() -> None:
     ap.add_argument("--paper-batch", type=int, default=1024)
     ap.add_argument("--paper-naive", action="store_true", help="also time the K backward passes at paper shape")
     ap.add_argument("--only", choices=["a", "b"], help="run only part (a) or (b)")
+    add_out_argument(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
+    run = Run("interference", args, device)
     print(f"torch {torch.__version__}")
     if args.only != "b":
         small = load_config(InterferenceConfig, PRESETS / "interference.toml", [f"train.device={device.type}"])
-        report("(a) interference.toml", small, device, args.rounds, args.small_steps, naive=True)
+        report(run, "a", "(a) interference.toml", small, device, args.rounds, args.small_steps, naive=True)
     if args.only == "a":
-        return
+        return run.finish()
     base = load_config(SynthConfig, PRESETS / "paper_fig2.toml", [
         "sweep.mixture.zipf=[2.0]", f"sweep.seeds={list(range(args.paper_seeds))}",
         f"train.batch_size={args.paper_batch}", f"train.device={device.type}"])
     [(_, point)] = expand_grid(base)  # the preset's beta = 2 grid point
     paper = InterferenceConfig.from_dict(point.to_dict())
     paper.validate()
-    report("(b) paper_fig2 shape, beta = 2", paper, device, args.rounds, args.paper_steps, naive=args.paper_naive)
+    report(run, "b", "(b) paper_fig2 shape, beta = 2", paper, device, args.rounds, args.paper_steps,
+           naive=args.paper_naive)
+    return run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

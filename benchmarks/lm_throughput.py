@@ -1,7 +1,7 @@
 """Training-step throughput of the LM lab's OLMo-core model against the same-shape Hugging Face OLMo model.
 
     python benchmarks/lm_throughput.py [--preset cpu-600k] [--batch 16] [--seq 256] [--repeats 10] [--threads 1]
-                                       [--profile 25]
+                                       [--profile 25] [--out PATH]
 
 Both models are the paper's OLMo-7B-0724 architecture at one shape (non-parametric LayerNorm, SwiGLU, RoPE theta
 10^4, clip_qkv 8, untied embeddings): raretask's `LMModelConfig(preset).build(V)` and transformers'
@@ -31,20 +31,27 @@ with one thread, and two identical OLMo-core models timed against each other (an
 step's own work, unaffected by waiting: the A/A run agreed to 2%.
 
 `transformers` is not a dependency of raretask; install it only for this benchmark: `pip install transformers`.
+Without it the script times OLMo-core alone, writes that, and exits 2 with a one-line message.
 With a CUDA device it also times the 1B preset (bf16 autocast, context 4096) and prints its MFU
 (6 N tokens/s over the device's dense bf16 peak).
+
+Writes every printed figure, the targets and the machine to benchmarks/results/lm_throughput.json
+(lm_throughput_cuda.json when CUDA is available; see benchmarks/record.py) and exits 1 if a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Callable
 
 import torch
 
 from raretask.lm.models import PRESETS, LMModelConfig
+
+from record import Run, add_out_argument  # benchmarks/record.py: a script's own directory is on sys.path
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per device
 PHASES = ("forward", "backward", "optimiser")
@@ -77,6 +84,15 @@ def hf_model(preset: str, vocab: int, device: str, weights_from: torch.nn.Module
     assert set(ours) == set(names), f"unmapped OLMo-core parameters: {set(ours) ^ set(names)}"
     model.load_state_dict({names[k]: v.detach().clone() for k, v in ours.items()}, strict=True)
     return model
+
+
+def transformers_installed() -> bool:
+    """Whether the reference can be built: an import, not a lookup, so that a broken install counts as missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def losses(kind: str, model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -138,18 +154,28 @@ def profile(steps: dict[str, Step], rows: int) -> None:
                                                                  max_shapes_column_width=60))
 
 
-def compare(preset: str, batch: int, seq: int, repeats: int, device: str, autocast: bool, rows: int = 0) -> float:
-    """Time both models (see the module docstring); prints the table and returns the tokens/s ratio."""
-    vocab = PRESETS[preset].vocab_size
-    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
-    ours = olmo_core_model(preset, vocab, device)
-    models = {"olmo-core": ours, "transformers": hf_model(preset, vocab, device, weights_from=ours)}
+def same_function(models: dict[str, torch.nn.Module], ids: torch.Tensor) -> None:
+    """Both models have the same parameter count, are in training mode and give the same loss on `ids`."""
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     assert counts["olmo-core"] == counts["transformers"], f"shapes differ: {counts}"
     assert all(m.training for m in models.values())
     with torch.no_grad():  # same function: the two losses of the first sequences agree
         check = {k: float(losses(k, m, ids[:2])()) for k, m in models.items()}
     assert abs(check["olmo-core"] - check["transformers"]) < 1e-4, f"the models compute different losses: {check}"
+
+
+def compare(run: Run, preset: str, batch: int, seq: int, repeats: int, device: str, autocast: bool, rows: int = 0,
+            reference: bool = True) -> None:
+    """Time both models (see the module docstring), or OLMo-core alone without `reference`; prints the table and
+    records its figures, and the tokens/s ratio as a target, in `run`."""
+    vocab = PRESETS[preset].vocab_size
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
+    ours = olmo_core_model(preset, vocab, device)
+    models = {"olmo-core": ours}
+    if reference:
+        models["transformers"] = hf_model(preset, vocab, device, weights_from=ours)
+        same_function(models, ids)
+    params = sum(p.numel() for p in ours.parameters())
 
     steps = {k: Step(k, m, ids, autocast) for k, m in models.items()}
     for step in steps.values():  # warm-up (allocator, caches)
@@ -162,31 +188,51 @@ def compare(preset: str, batch: int, seq: int, repeats: int, device: str, autoca
     if rows:
         profile(steps, rows)
 
-    tokens = batch * seq
-    print(f"{preset}: {counts['olmo-core']:,} params, batch {batch} x {seq} tokens, {device}"
+    tokens, load = batch * seq, os.getloadavg()[0]
+    print(f"{preset}: {params:,} params, batch {batch} x {seq} tokens, {device}"
           f"{' bf16' if autocast else ' fp32'}, {torch.get_num_threads()} threads, best of {repeats} "
-          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+          f"(load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"  {'ms':14s} {'forward':>9s} {'backward':>9s} {'optimiser':>9s} {'step':>9s} {'cpu-step':>9s}"
           f" {'tokens/s':>9s}")
     for k, s in steps.items():
         print(f"  {k:14s} " + " ".join(f"{s.best[p][0] * 1e3:9.1f}" for p in PHASES)
               + f" {s.seconds() * 1e3:9.1f} {s.seconds(cpu=True) * 1e3:9.1f} {tokens / s.seconds():9.0f}")
-    a, b = steps["olmo-core"], steps["transformers"]
-    phase = "  ".join(f"{p} {b.best[p][0] / a.best[p][0]:.2f}" for p in PHASES)
-    ratio = b.seconds() / a.seconds()
-    print(f"  ratio raretask (olmo-core) / transformers, tokens/s: {ratio:.2f} wall clock, "
-          f"{b.seconds(cpu=True) / a.seconds(cpu=True):.2f} CPU time  (wall: {phase}; whole steps "
-          f"{b.best_step / a.best_step:.2f})")
+    section = f"{preset} {device}"
+    run.figures(section, params=params, batch=batch, seq=seq, device=device, autocast_bf16=autocast,
+                threads=torch.get_num_threads(), repeats=repeats, load_average=load,
+                **{k: timings(s, tokens) for k, s in steps.items()})
+    a = steps["olmo-core"]
     if device == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
         if peak:
-            flops = 6 * counts["olmo-core"] * tokens / a.seconds()
+            flops = 6 * params * tokens / a.seconds()
             print(f"  MFU (olmo-core, 6 N tokens/s over {name} dense bf16 peak): {flops / peak:.1%}")
-    return ratio
+            run.figures(section, mfu=flops / peak, peak_bf16_flops=peak)
+    if reference:
+        ratios(run, section, a, steps["transformers"])
 
 
-def main() -> None:
+def timings(step: Step, tokens: int) -> dict:
+    """One model's row of the table: best phases (wall and CPU seconds), step, CPU step, tokens/s, whole step."""
+    return {"phases_s": {p: step.best[p][0] for p in PHASES}, "phases_cpu_s": {p: step.best[p][1] for p in PHASES},
+            "step_s": step.seconds(), "cpu_step_s": step.seconds(cpu=True), "tokens_per_s": tokens / step.seconds(),
+            "whole_step_s": step.best_step}
+
+
+def ratios(run: Run, section: str, a: Step, b: Step) -> None:
+    """Print and record raretask (a) over transformers (b) in tokens/s; the wall-clock one is the target."""
+    phase = "  ".join(f"{p} {b.best[p][0] / a.best[p][0]:.2f}" for p in PHASES)
+    ratio, cpu_ratio = b.seconds() / a.seconds(), b.seconds(cpu=True) / a.seconds(cpu=True)
+    print(f"  ratio raretask (olmo-core) / transformers, tokens/s: {ratio:.2f} wall clock, "
+          f"{cpu_ratio:.2f} CPU time  (wall: {phase}; whole steps {b.best_step / a.best_step:.2f})")
+    run.figures(section, ratio_wall=ratio, ratio_cpu=cpu_ratio, ratio_whole_steps=b.best_step / a.best_step,
+                ratio_phases={p: b.best[p][0] / a.best[p][0] for p in PHASES})
+    run.target(f"{section} olmo-core/transformers tokens/s", ratio, 1.0, ">=", "x")
+
+
+def main() -> int:
+    """Time the models, write the results file; the exit status: 0 target met, 1 missed, 2 no transformers."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="cpu-600k", choices=[p for p in PRESETS if p.startswith("cpu")])
     ap.add_argument("--batch", type=int, default=16)
@@ -194,17 +240,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10, help="timed rounds (one step of each model per round)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="print the K most expensive operators")
+    add_out_argument(ap)
     args = ap.parse_args()
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise SystemExit("this benchmark compares against transformers: pip install transformers") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    compare(args.preset, args.batch, args.seq, args.repeats, "cpu", autocast=False, rows=args.profile)
+    run = Run("lm_throughput", args, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    reference = transformers_installed()
+    if not reference:
+        print("transformers is not installed: timing OLMo-core alone")
+    compare(run, args.preset, args.batch, args.seq, args.repeats, "cpu", autocast=False, rows=args.profile,
+            reference=reference)
     if torch.cuda.is_available():
-        compare("1B", 4, 4096, 3, "cuda", autocast=True)
+        compare(run, "1B", 4, 4096, 3, "cuda", autocast=True, reference=reference)
+    if not reference:
+        return run.abort("transformers is not installed: OLMo-core timed alone, no ratio (pip install transformers)")
+    return run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

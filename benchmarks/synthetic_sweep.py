@@ -6,7 +6,11 @@
     GFLOP/s for the encoder's product at the same size (S*B x d x sum_N), measured here (target >= 50%), and the
     projected wall time of the full 100K steps (evaluations included).
 
-    python benchmarks/synthetic_sweep.py [--device cpu|cuda] [--default-steps 300] [--paper-steps 5]
+    python benchmarks/synthetic_sweep.py [--device cpu|cuda] [--default-steps 300] [--paper-steps 5] [--only a|b]
+                                         [--out PATH]
+
+Writes every printed figure, the targets and the machine to benchmarks/results/synthetic_sweep.json
+(synthetic_sweep_cuda.json on CUDA; see benchmarks/record.py) and exits 1 if a target is missed.
 
 Model FLOPs per step count the arithmetic the model needs, not what the implementation spends on padding:
 encoder forward and weight gradient 4 B d sum_N per seed, decoders 6 B sum_N E[r_k] per seed (forward, input and
@@ -17,6 +21,7 @@ band's block-diagonal decoder (see raretask/synthetic/model.py).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +29,8 @@ import torch
 
 from raretask.config import load_config
 from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig, train_cell
+
+from record import Run, add_out_argument  # benchmarks/record.py: a script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "configs" / "synthetic"
@@ -62,7 +69,7 @@ def interleaved(fns: list, ns: list[int], device: torch.device, rounds: int = 5)
     return best
 
 
-def part_a(device: torch.device, steps: int) -> None:
+def part_a(run: Run, device: torch.device, steps: int) -> None:
     cfg = load_config(SynthConfig, PRESETS / "default.toml", [f"train.device={device.type}"])
     trainer = SweepTrainer(cfg, device)
     batched = 1.0 / timed(trainer.step, steps, device, warmup=10, repeats=1)
@@ -78,9 +85,12 @@ def part_a(device: torch.device, steps: int) -> None:
     print(f"    batched sweep   {batched:9.1f} sweep-steps/s")
     print(f"    naive per-cell  {naive:9.1f} sweep-steps/s")
     print(f"    ratio           {batched / naive:9.1f}x   (target >= 10x)")
+    run.figures("a", cells=cells, steps=steps, batched_sweep_steps_per_s=batched, naive_sweep_steps_per_s=naive,
+                ratio=batched / naive)
+    run.target("(a) batched/naive sweep-steps/s", batched / naive, 10, ">=", "x")
 
 
-def part_b(device: torch.device, steps: int) -> None:
+def part_b(run: Run, device: torch.device, steps: int) -> None:
     cfg = load_config(SynthConfig, PRESETS / "paper_fig2.toml",
                       [f"train.device={device.type}", "sweep.mixture.zipf=[2.0]"])
     full_steps, evals = cfg.train.steps, cfg.train.steps // cfg.eval.every
@@ -110,19 +120,31 @@ def part_b(device: torch.device, steps: int) -> None:
     print(f"    one evaluation  {per_eval:9.2f} s")
     print(f"    projected       {projected / 3600:9.2f} h for {full_steps} steps + {evals} evaluations "
           f"(x{len([0.5, 1.0, 1.5, 2.0])} for the preset's beta sweep)")
+    run.figures("b", steps=steps, step_s=per_step, model_gflop_per_step=model_flops / 1e9, model_gflop_per_s=achieved,
+                executed_gflop_per_step=executed_flops / 1e9, executed_gflop_per_s=executed_flops / per_step / 1e9,
+                matmul_s=per_matmul, matmul_gflop_per_s=ref, fraction=achieved / ref, evaluation_s=per_eval,
+                projected_h=projected / 3600, full_steps=full_steps, evaluations=evals)
+    run.target("(b) model/matmul GFLOP/s", 100 * achieved / ref, 50, ">=", "%")
 
 
-def main() -> None:
+def main() -> int:
+    """Run the parts, write the results file; the exit status: 0 all targets met, 1 one missed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-steps", type=int, default=300)
     ap.add_argument("--paper-steps", type=int, default=5)
+    ap.add_argument("--only", choices=["a", "b"], help="run only part (a) or (b)")
+    add_out_argument(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
+    run = Run("synthetic_sweep", args, device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    part_a(device, args.default_steps)
-    part_b(device, args.paper_steps)
+    if args.only != "b":
+        part_a(run, device, args.default_steps)
+    if args.only != "a":
+        part_b(run, device, args.paper_steps)
+    return run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

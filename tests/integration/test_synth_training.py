@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from raretask.cli import main
 from raretask.config import load_config
 from raretask.synthetic.train import SynthConfig
 
@@ -17,16 +19,58 @@ from .conftest import ROOT, run_module, summary
 DEFAULT = ROOT / "configs" / "synthetic" / "default.toml"
 
 
-@pytest.mark.parametrize("encoder", ["free", "orthonormal"])
-def test_default_preset_meets_theory_within_5_percent(cli, tmp_path, encoder):
-    """Mean-over-seeds trained loss within 5% of Tr(C_k) of the theory loss, at every width, for every task."""
-    s = summary(cli("synth", "run", DEFAULT, f"model.encoder={encoder}", "--out", tmp_path / "o", "--json",
-                    "--no-progress"))
-    traces = load_config(SynthConfig, DEFAULT).mixture.build().traces
-    assert len(s["tasks"]) == len(traces) >= 6
+def tolerance(mixture) -> np.ndarray:
+    """tol_k = min(2%, lambda_min,k / (2 Tr C_k)) per task, in units of Tr C_k.
+
+    Half the task's smallest eigenvalue: a run that misses (or wrongly keeps) any single direction of task k is off
+    by lambda_kj >= lambda_min,k = 2 tol_k, so it fails (by construction). The 2% cap is a choice, not derived: a
+    rank-1 task would otherwise get 50%; 2% is 4x the largest error measured on the default preset (0.49%).
+    Default preset: 2% for every task but rare-complex (1.37%, its last direction holds 2.7% of the trace)."""
+    return np.array([min(0.02, 0.5 * lam.min() / lam.sum()) for lam in mixture.eigenvalues])
+
+
+def off_theory(tasks: list[dict], mixture) -> dict[str, float]:
+    """The tasks whose trained loss (mean over seeds) leaves the theory loss by more than tol_k Tr C_k at some
+    width: name -> max error / Tr C_k. {} when the run meets theory."""
+    tol, out = tolerance(mixture), {}
+    for k, task in enumerate(tasks):
+        err = np.abs(np.array(task["trained_loss"]) - np.array(task["theory_loss"])).max() / mixture.traces[k]
+        if err > tol[k]:
+            out[task["name"]] = float(err)
+    return out
+
+
+@pytest.fixture(scope="module", params=["free", "orthonormal"])
+def default_run(request, tmp_path_factory):
+    """The default preset trained once per encoder (~30 s each on 2 CPU cores): (--json summary, mixture)."""
+    out = tmp_path_factory.mktemp(request.param) / "o"
+    result = CliRunner().invoke(main, ["synth", "run", str(DEFAULT), f"model.encoder={request.param}", "--out",
+                                       str(out), "--json", "--no-progress"], catch_exceptions=False)
+    return summary(result), load_config(SynthConfig, DEFAULT).mixture.build()
+
+
+def test_default_preset_meets_theory_within_half_its_smallest_direction(default_run):
+    """Every task, every width: |trained - theory| <= tol_k Tr C_k (measured max 0.49% free, 0.45% orthonormal,
+    both on rare-complex, against its 1.37%)."""
+    s, mixture = default_run
+    assert [t["name"] for t in s["tasks"]] == mixture.names and len(mixture.names) >= 6
+    assert off_theory(s["tasks"], mixture) == {}
+
+
+def test_a_task_learned_one_width_late_fails_the_tolerance(default_run):
+    """Each task alone made one width late: its trained curve plus l*_k(N - 1) - l*_k(N), the theory's lateness
+    (every width N of the sweep). off_theory rejects it, and only that task. rare-complex is late only at N = 16,
+    where the 16th utility, its last direction, arrives: 2.7% of Tr C_k, which a flat 5% would let pass."""
+    s, mixture = default_run
+    widths = s["tasks"][0]["widths"]
+    lateness = mixture.theory_losses([n - 1 for n in widths]) - mixture.theory_losses(widths)  # (K, widths)
     for k, task in enumerate(s["tasks"]):
-        err = np.abs(np.array(task["trained_loss"]) - np.array(task["theory_loss"])) / traces[k]
-        assert err.max() < 0.05, (task["name"], err.round(3))
+        late = [dict(t) for t in s["tasks"]]
+        late[k]["trained_loss"] = (np.array(task["trained_loss"]) + lateness[k]).tolist()
+        rejected = off_theory(late, mixture)
+        assert set(rejected) == {task["name"]}, (task["name"], rejected)
+        if task["name"] == "rare-complex":
+            assert rejected["rare-complex"] < 0.05 and np.flatnonzero(lateness[k]).tolist() == [widths.index(16)]
 
 
 ORDER = """
