@@ -29,9 +29,25 @@ class ConfigError(ValueError):
     """A user mistake in a config or on the command line. The message is one line and names the field."""
 
 
-def option(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with a one-line docstring (shown by `raretask config-help` and in errors)."""
-    return dataclasses.field(default=default, default_factory=factory, metadata={"doc": doc})
+def option(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None) -> Any:
+    """A config field with a one-line docstring (shown by `raretask ... keys` and in errors) and optional bounds:
+    `ge` (>=), `gt` (>), `le` (<=), checked by `Config.validate` for a number and for every number of a list."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    return dataclasses.field(default=default, default_factory=factory, metadata={"doc": doc, "bounds": bounds})
+
+
+_BOUND_CHECKS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:
+    """Raise `<path>: must be >= b, got v` for the first bound a number (or a list's number) breaks; None passes."""
+    values = value if isinstance(value, list) else [value]
+    for kind, b in bounds.items():
+        op, holds = _BOUND_CHECKS[kind]
+        for v in values:
+            if isinstance(v, (int, float)) and not holds(v, b):
+                raise ConfigError(f"{path}: must be {op} {b:g}, got {v}")
 
 
 class StrEnum(str, enum.Enum):
@@ -88,9 +104,11 @@ class Config:
         return cls(**kwargs)
 
     def validate(self, path: str = "") -> None:
-        """Check cross-field rules; raise `ConfigError` naming the field. Subclasses extend and call super()."""
+        """Check each field's declared bounds, then (subclasses, after calling super()) cross-field rules; raise
+        `ConfigError` naming the field."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            check_bounds(value, f.metadata.get("bounds", {}), _join(path, f.name))
             if isinstance(value, Config):
                 value.validate(_join(path, f.name))
             elif isinstance(value, list):

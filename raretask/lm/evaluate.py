@@ -58,27 +58,21 @@ class PromptKind(StrEnum):
 
 @dataclass
 class EvalConfig(Config):
-    every: int = option(100, "steps between evaluations (the last step is always evaluated)")
-    batch_seqs: int = option(256, "task prompts per evaluation forward pass (full sequences: a training micro-batch)")
-    train_instances: int = option(1000, "train instances per task scored for memorisation (0 = all)")
-    test_instances: int = option(1000, "test instances per task scored for generalisation (0 = all)")
-    heldout_tokens: int = option(32768, "tokens of the held-out split scored each time (its fixed prefix; 0 = none)")
-    heldout_seq_len: int = option(0, "sequence length of the held-out loss (0 = data.seq_len)")
+    every: int = option(100, "steps between evaluations (the last step is always evaluated)", ge=1)
+    batch_seqs: int = option(256, "task prompts per evaluation forward pass (full sequences: a training micro-batch)",
+                            ge=1)
+    train_instances: int = option(1000, "train instances per task scored for memorisation (0 = all)", ge=0)
+    test_instances: int = option(1000, "test instances per task scored for generalisation (0 = all)", ge=0)
+    heldout_tokens: int = option(32768, "tokens of the held-out split scored each time (its fixed prefix; 0 = none)",
+                                ge=0)
+    heldout_seq_len: int = option(0, "sequence length of the held-out loss (0 = data.seq_len)", ge=0)
     prompt: PromptKind = option(PromptKind.PLAIN, "plain: TOK1 TOK2 at a sequence start; eos: EOS TOK1 TOK2")
     reference: bool = option(True, "track the loss of the reference tasks R_cmp / R_add")
-    reference_examples: int = option(100, "examples per reference task (a fixed draw)")
+    reference_examples: int = option(100, "examples per reference task (a fixed draw)", ge=1)
 
     def validate(self, path: str = "") -> None:
         super().validate(path)
         p = f"{path}." if path else ""
-        for name, value, low in [("every", self.every, 1), ("batch_seqs", self.batch_seqs, 1),
-                                 ("train_instances", self.train_instances, 0),
-                                 ("test_instances", self.test_instances, 0),
-                                 ("heldout_tokens", self.heldout_tokens, 0),
-                                 ("heldout_seq_len", self.heldout_seq_len, 0),
-                                 ("reference_examples", self.reference_examples, 1)]:
-            if value < low:
-                raise ConfigError(f"{p}{name}: must be >= {low}, got {value}")
         if self.heldout_seq_len == 1:
             raise ConfigError(f"{p}heldout_seq_len: must be 0 or >= 2 (one token predicts nothing)")
 

@@ -95,20 +95,17 @@ PRESETS: dict[str, ModelShape] = {s.name: s for s in [
 class LMModelConfig(Config):
     preset: str = option("cpu-150k", "ladder rung: 4M, 20M, 300M, 1B, 4B or cpu-30k, cpu-150k, cpu-600k, cpu-2m")
     arch: Arch = option(Arch.OLMO_0724, "olmo_0724 (the paper's OLMo-7B-0724 architecture) or olmo2")
-    vocab_size: int = option(0, "embedding rows; 0 = the tokenizer's padded vocabulary")
-    d_model: int = option(0, "override the preset's width d (0 = the preset's)")
-    n_layers: int = option(0, "override the preset's depth (0 = the preset's)")
-    n_heads: int = option(0, "override the preset's attention heads (0 = the preset's)")
-    mlp_hidden: int = option(0, "override the MLP dim, both SwiGLU branches (0 = 8 d)")
-    init_seed: int = option(0, "seed of the weight initialisation")
+    vocab_size: int = option(0, "embedding rows; 0 = the tokenizer's padded vocabulary", ge=0)
+    d_model: int = option(0, "override the preset's width d (0 = the preset's)", ge=0)
+    n_layers: int = option(0, "override the preset's depth (0 = the preset's)", ge=0)
+    n_heads: int = option(0, "override the preset's attention heads (0 = the preset's)", ge=0)
+    mlp_hidden: int = option(0, "override the MLP dim, both SwiGLU branches (0 = 8 d)", ge=0)
+    init_seed: int = option(0, "seed of the weight initialisation", ge=0)
 
     def validate(self, path: str = "model") -> None:
         super().validate(path)
         if self.preset not in PRESETS:
             raise ConfigError(f"{path}.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "init_seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
         s = self.shape()
         if s.d_model % s.n_heads:
             raise ConfigError(f"{path}.n_heads: d_model {s.d_model} is not divisible by {s.n_heads} heads")

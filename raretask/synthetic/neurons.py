@@ -71,33 +71,33 @@ class Reweight(StrEnum):
 
 @dataclass
 class EvalConfig(Config):
-    every: int = option(500, "steps between evaluations")
-    samples: int = option(2048, "fixed evaluation examples per task")
+    every: int = option(500, "steps between evaluations", ge=1)
+    samples: int = option(2048, "fixed evaluation examples per task", ge=1)
     seed: int = option(12345, "draws the evaluation set (the same for every cell)")
     learned: float = option(0.9, "a task counts as learned at accuracy >= this")
 
 
 @dataclass
 class AllocConfig(Config):
-    fraction: float = option(0.1, "allocated if Delta_ik > fraction * (log 2 - l_k) ...")
-    floor: float = option(0.02, "... and Delta_ik > floor (nats)")
+    fraction: float = option(0.1, "allocated if Delta_ik > fraction * (log 2 - l_k) ...", gt=0)
+    floor: float = option(0.02, "... and Delta_ik > floor (nats)", ge=0)
 
 
 @dataclass
 class SolutionsConfig(Config):
     enabled: bool = option(True, "run the solutions-exist experiment")
-    width: int = option(0, "N0 (0: the widest swept width where the target task is not learned)")
+    width: int = option(0, "N0 (0: the widest swept width where the target task is not learned)", ge=0)
     task: int = option(-1, "target task index, 0-based (-1: the rarest)")
     reweight: Reweight = option(Reweight.REVERSED, "reweighted mixture: reversed or uniform frequencies")
     frequencies: list[float] | None = option(None, "explicit reweighted frequencies instead")
-    steps_reweighted: int = option(4000, "steps on the reweighted mixture")
-    steps_natural: int = option(6000, "then steps on the natural mixture")
+    steps_reweighted: int = option(4000, "steps on the reweighted mixture", ge=1)
+    steps_natural: int = option(6000, "then steps on the natural mixture", ge=1)
 
 
 @dataclass
 class SweepConfig(Config):
-    widths: list[int] = option(factory=lambda: [2, 4, 6, 8, 12, 16], doc="numbers of neurons N")
-    seeds: list[int] = option(factory=lambda: [0, 1, 2], doc="seeds (initialisation and data of each cell)")
+    widths: list[int] = option(factory=lambda: [2, 4, 6, 8, 12, 16], doc="numbers of neurons N", ge=1)
+    seeds: list[int] = option(factory=lambda: [0, 1, 2], doc="seeds (initialisation and data of each cell)", ge=0)
 
 
 def _default_train() -> TrainConfig:
@@ -117,32 +117,14 @@ class NeuronsConfig(Config):
 
     def validate(self, path: str = "") -> None:
         super().validate(path)
-        t, e, a, s, w = self.train, self.eval, self.alloc, self.solutions, self.sweep
-        for name, value, low in [("train.steps", t.steps, 1), ("train.batch_size", t.batch_size, 1),
-                                 ("train.warmup", t.warmup, 0), ("train.checkpoint_every", t.checkpoint_every, 1),
-                                 ("eval.every", e.every, 1), ("eval.samples", e.samples, 1),
-                                 ("solutions.width", s.width, 0), ("solutions.steps_reweighted", s.steps_reweighted, 1),
-                                 ("solutions.steps_natural", s.steps_natural, 1)]:
-            if value < low:
-                raise ConfigError(f"{name}: must be >= {low}, got {value}")
-        for name, value in [("train.lr", t.lr), ("alloc.fraction", a.fraction)]:
-            if not value > 0:
-                raise ConfigError(f"{name}: must be > 0, got {value}")
-        for name, value in [("train.clip", t.clip), ("train.momentum", t.momentum), ("alloc.floor", a.floor),
-                            ("train.weight_decay", t.weight_decay or 0.0)]:
-            if value < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {value}")
-        if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
-            raise ConfigError(f"train.device: {t.device!r} is not auto, cpu or cuda")
+        e, s, w = self.eval, self.solutions, self.sweep
         if not 0.5 < e.learned <= 1:
             raise ConfigError(f"eval.learned: must be in (0.5, 1], got {e.learned}")
-        for name, values, low in [("sweep.widths", w.widths, 1), ("sweep.seeds", w.seeds, 0)]:
+        for name, values in [("sweep.widths", w.widths), ("sweep.seeds", w.seeds)]:
             if not values:
                 raise ConfigError(f"{name}: empty")
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name}: values repeat")
-            if min(values) < low:
-                raise ConfigError(f"{name}: must be >= {low}, got {min(values)}")
         if not -1 <= s.task < self.tasks.count:
             raise ConfigError(f"solutions.task: {s.task} is not a task index (K = {self.tasks.count})")
         if s.frequencies is not None:

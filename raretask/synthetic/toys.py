@@ -38,6 +38,7 @@ import numpy as np
 
 from raretask import runs
 from raretask.config import Config, ConfigError, option
+from raretask.progress import progress_bar
 
 FREQUENT, RARE = 0, 1
 LINEAR_REGIME = 0.01  # warn when Example 7's (1 - 2 eta)^G law is expected to miss theta_G / theta_0 by more
@@ -47,10 +48,10 @@ TABLES = ["decay", "gaps", "traces", "competition", "neurons"]
 @dataclass
 class ForgetConfig(Config):
     lrs: list[float] = option(factory=lambda: [0.002, 0.005, 0.01, 0.02, 0.05], doc="SGD step sizes eta")
-    gap: int = option(200, "G: common-task steps after the rare update (deterministic check)")
+    gap: int = option(200, "G: common-task steps after the rare update (deterministic check)", ge=1)
     theta0: float = option(0.1, "theta right after the rare update (radians; the (1 - 2 eta)^G law is off by "
                                 "~theta0^2/3: warns where that passes 1%, theta0 > ~0.16-0.17)")
-    steps: int = option(1500, "length of each seeded online-SGD trace")
+    steps: int = option(1500, "length of each seeded online-SGD trace", ge=1)
     start: float = option(math.pi / 4, "theta at the start of the traces (pi/4: no preference)")
 
 
@@ -58,9 +59,9 @@ class ForgetConfig(Config):
 class CompetitionConfig(Config):
     widths: list[int] = option(factory=lambda: [1, 2], doc="numbers of neurons N")
     lr: float = option(0.05, "SGD step size eta")
-    sharpness: float = option(10.0, "beta of the softmax gate over the neurons' alignments")
-    steps: int = option(1500, "online SGD steps")
-    every: int = option(5, "steps between logged points")
+    sharpness: float = option(10.0, "beta of the softmax gate over the neurons' alignments", ge=0)
+    steps: int = option(1500, "online SGD steps", ge=1)
+    every: int = option(5, "steps between logged points", ge=1)
 
 
 @dataclass
@@ -88,16 +89,10 @@ class ToyConfig(Config):
         if not 0 < f.theta0 < math.pi / 2 or not 0 < f.start < math.pi / 2:
             bad = "forget.theta0" if not 0 < f.theta0 < math.pi / 2 else "forget.start"
             raise ConfigError(f"{bad}: must be an angle in (0, pi/2)")
-        for name, value in [("forget.gap", f.gap), ("forget.steps", f.steps), ("competition.steps", c.steps),
-                            ("competition.every", c.every)]:
-            if value < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {value}")
         if not c.widths or min(c.widths) < 1 or len(set(c.widths)) != len(c.widths):
             raise ConfigError(f"competition.widths: need distinct widths >= 1, got {c.widths}")
         if not 0 < c.lr < 0.5:
             raise ConfigError(f"competition.lr: must be in (0, 0.5), got {c.lr}")
-        if c.sharpness < 0:
-            raise ConfigError(f"competition.sharpness: must be >= 0, got {c.sharpness}")
         err, lr = max((decay_law_error(f.theta0, lr, f.gap), lr) for lr in f.lrs)
         if err > LINEAR_REGIME:
             warnings.warn(f"forget.theta0 = {f.theta0:g} leaves Example 7's linear regime: theta_G / theta_0 is "
@@ -284,18 +279,18 @@ class ToyResult:
         out: dict[str, Any] = {"out": str(self.out), "frequency": cfg.frequency, "decay": [], "gaps": [],
                                "competition": []}
         for lr in cfg.forget.lrs:
-            ratio, linear = _column(decay, "ratio", lr=lr)[-1], _column(decay, "linear", lr=lr)[-1]
+            ratio, linear = column(decay, "ratio", lr=lr)[-1], column(decay, "linear", lr=lr)[-1]
             out["decay"].append({"lr": lr, "gap": cfg.forget.gap, "ratio": float(ratio), "linear": float(linear),
-                                 "exponential": float(_column(decay, "exponential", lr=lr)[-1]),
+                                 "exponential": float(column(decay, "exponential", lr=lr)[-1]),
                                  "relative_error": float(ratio / linear - 1)})
-            small = _column(gaps, "theta_start", lr=lr) <= cfg.forget.theta0  # the linear regime of Eq. 25
-            err = np.abs(_column(gaps, "ratio", lr=lr) / _column(gaps, "linear", lr=lr) - 1)[small]
+            small = column(gaps, "theta_start", lr=lr) <= cfg.forget.theta0  # the linear regime of Eq. 25
+            err = np.abs(column(gaps, "ratio", lr=lr) / column(gaps, "linear", lr=lr) - 1)[small]
             out["gaps"].append({"lr": lr, "count": int(small.sum()), "theta_start_max": cfg.forget.theta0,
                                 "max_relative_error": float(err.max()) if err.size else None})
         last = max(comp["step"])
         for width in cfg.competition.widths:
-            rare = _column(comp, "rare_alignment", width=width, step=last)
-            freq = _column(comp, "frequent_alignment", width=width, step=last)
+            rare = column(comp, "rare_alignment", width=width, step=last)
+            freq = column(comp, "frequent_alignment", width=width, step=last)
             out["competition"].append({"width": width, "step": last, "rare_alignment": float(rare.mean()),
                                        "rare_alignment_min": float(rare.min()),
                                        "rare_alignment_max": float(rare.max()),
@@ -305,7 +300,7 @@ class ToyResult:
 
 
 def run_toy(cfg: ToyConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> ToyResult:
-    """Both toys (seconds on a CPU): Parquet tables, figures. A finished run in `out` is read back."""
+    """Both toys (seconds on a CPU): Parquet tables. A finished run in `out` is read back."""
     out = Path(out)
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     paths = {name: out / f"{name}.parquet" for name in TABLES}
@@ -316,40 +311,25 @@ def run_toy(cfg: ToyConfig, out: Path, *, progress: bool = True, overwrite: bool
               ("Example 7: traces", lambda: dict(zip(["traces", "gaps"], trace_tables(cfg)))),
               ("Fig. 11: competition", lambda: dict(zip(["competition", "neurons"], competition_tables(cfg))))]
     tables: dict[str, dict[str, list]] = {}
-    bar = _progress() if progress else None
-    if bar:
-        bar.start()
-        task = bar.add_task("toys", total=len(phases))
-    try:
+    with progress_bar(None, eta=False, enabled=progress) as bar:
+        task = bar.add_task("toys", total=len(phases)) if bar is not None else None
         for label, phase in phases:
-            if bar:
+            if bar is not None:
                 bar.update(task, description=label)
             tables.update(phase())
-            if bar:
+            if bar is not None:
                 bar.advance(task)
-    finally:
-        if bar:
-            bar.stop()
     result = ToyResult(out, cfg, tables)
-    draw_figures(result)
     for name in TABLES:  # the tables last: together they mark the run finished
         runs.write_table(paths[name], tables[name])
     meta.finish(summary=result.summary())
     return result
 
 
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True))
+# ----------------------------------------------------------------------------------------------- reading back
 
 
-# ---------------------------------------------------------------------------------------------- figures, report
-
-
-def _column(table: dict[str, list], key: str, **where: Any) -> np.ndarray:
+def column(table: dict[str, list], key: str, **where: Any) -> np.ndarray:
     """table[key] on the rows where every column named in `where` has the given value, in row order."""
     keep = np.ones(len(table[key]), bool)
     for name, value in where.items():
@@ -357,95 +337,12 @@ def _column(table: dict[str, list], key: str, **where: Any) -> np.ndarray:
     return np.asarray(table[key])[keep]
 
 
-def draw_figures(result: ToyResult) -> list[Path]:
-    """forget.png (Example 7: deterministic decay, gaps of the seeded traces, traces vs mean field) and fig11.png
-    (rare and frequent alignment over steps, one panel per width)."""
-    from raretask.report.plotting import pyplot as _plt, save_figure as _save
-
-    plt, cfg, out, t = _plt(), result.config, Path(result.out), result.tables
-    colors = plt.cm.viridis(np.linspace(0, 0.85, len(cfg.forget.lrs)))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    d, gp, tr, theta0 = t["decay"], t["gaps"], t["traces"], cfg.forget.theta0
-    for color, lr in zip(colors, cfg.forget.lrs):
-        g = _column(d, "g", lr=lr)
-        axes[0].plot(g, _column(d, "ratio", lr=lr), color=color, lw=2.5, alpha=0.6, label=f"eta={lr:g}")
-        axes[0].plot(g, (1 - 2 * lr) ** g, color="k", lw=0.8, ls="--")
-        axes[0].plot(g, np.exp(-2 * lr * g), color="k", lw=0.8, ls=":")
-        small = _column(gp, "theta_start", lr=lr) <= theta0
-        G = _column(gp, "gap", lr=lr)[small]
-        axes[1].scatter(G, _column(gp, "ratio", lr=lr)[small], color=color, s=8, alpha=0.6, label=f"eta={lr:g}")
-        axes[1].plot(np.sort(G), (1 - 2 * lr) ** np.sort(G), color="k", lw=0.8, ls="--")
-        log_theta = np.mean([np.log(_column(tr, "theta", lr=lr, seed=seed)) for seed in cfg.seeds], 0)
-        steps = _column(tr, "step", lr=lr, seed=cfg.seeds[0])
-        axes[2].plot(steps, np.exp(log_theta), color=color, lw=2, alpha=0.7, label=f"eta={lr:g}")
-        axes[2].plot(steps, _column(tr, "mean_field", lr=lr, seed=cfg.seeds[0]), color="k", lw=0.8, ls="--")
-    axes[0].set(yscale="log", xlabel="common steps g after the rare update", ylabel="theta_g / theta_0",
-                title=f"Example 7: theta_0 = {theta0:g} (-- (1-2 eta)^g, : e^(-2 eta g))")
-    axes[1].set(yscale="log", xlabel="gap G (common steps before the next rare one)",
-                ylabel="theta at gap end / after rare update",
-                title=f"seeded traces, gaps from theta <= {theta0:g} (-- (1-2 eta)^G)")
-    axes[2].set(yscale="log", xlabel="step", ylabel="theta (geometric mean over seeds)",
-                title=f"online SGD, p = {cfg.frequency:g} (-- mean field)")
-    for ax in axes:
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths = [_save(fig, out / "forget.png")]
-
-    c, widths = t["competition"], cfg.competition.widths
-    fig, axes = plt.subplots(1, len(widths), figsize=(4.6 * len(widths), 3.6), sharey=True, squeeze=False)
-    for ax, width in zip(axes[0], widths):
-        rare, freq = ([_column(c, key, width=width, seed=seed) for seed in cfg.seeds]
-                      for key in ["rare_alignment", "frequent_alignment"])
-        steps = _column(c, "step", width=width, seed=cfg.seeds[0])
-        for row in rare:
-            ax.plot(steps, row, color="tab:red", lw=0.7, alpha=0.35)
-        ax.plot(steps, np.mean(rare, 0), color="tab:red", lw=2.2, label=f"rare (q = {1 - cfg.frequency:.2g})")
-        ax.plot(steps, np.mean(freq, 0), color="tab:blue", lw=2, ls="--", label=f"frequent (p = {cfg.frequency:g})")
-        ax.set(xlabel="step", title=f"N = {width} neuron{'s' if width > 1 else ''}", ylim=(-0.03, 1.03))
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("task alignment 1 - l_k (thin: seeds)")
-    fig.suptitle(f"Fig. 11: softmax-gated competition (beta = {cfg.competition.sharpness:g}, "
-                 f"eta = {cfg.competition.lr:g}, d = {cfg.dim})", fontsize=10)
-    fig.tight_layout()
-    paths.append(_save(fig, out / "fig11.png"))
-    return paths
-
-
-def toy_sections(run_dir: Path) -> list[Any]:
-    """The report of a finished toy run: Example 7's checks and Fig. 11."""
+def read_toy(run_dir: Path) -> ToyResult:
+    """A finished toy run, from its directory alone."""
     from raretask.config import load_config
-    from raretask.report.html import Section
 
     run_dir = Path(run_dir)
     if not all((run_dir / f"{name}.parquet").is_file() for name in TABLES):
         raise ConfigError(f"{run_dir}: missing toy tables (is the run finished?)")
     cfg = load_config(ToyConfig, run_dir / "config.toml")
-    s = ToyResult(run_dir, cfg, {name: runs.read_table(run_dir / f"{name}.parquet") for name in TABLES}).summary()
-    decay = [["eta", "G", "theta_G/theta_0", "(1-2 eta)^G", "e^(-2 eta G)", "rel. error", "gaps", "max |rel. error|"]]
-    for a, b in zip(s["decay"], s["gaps"]):
-        med = "-" if b["max_relative_error"] is None else f"{b['max_relative_error']:.2%}"
-        decay.append([f"{a['lr']:g}", str(a["gap"]), f"{a['ratio']:.4g}", f"{a['linear']:.4g}",
-                      f"{a['exponential']:.4g}", f"{a['relative_error']:+.2%}", str(b["count"]), med])
-    comp = [["N", "rare alignment (mean)", "min", "max", "frequent alignment", "seeds specialised"]]
-    comp += [[str(e["width"]), f"{e['rare_alignment']:.3f}", f"{e['rare_alignment_min']:.3f}",
-              f"{e['rare_alignment_max']:.3f}", f"{e['frequent_alignment']:.3f}", f"{e['specialised']:.0%}"]
-             for e in s["competition"]]
-    return [
-        Section("Example 7: update-and-forget (App. C.4)",
-                f"One unit neuron u = cos(theta) a + sin(theta) b, frequent task a with p = {cfg.frequency:g}, rare "
-                f"task b with q = {1 - cfg.frequency:.2g}, online SGD. From theta_0 = {cfg.forget.theta0:g}, "
-                f"G = {cfg.forget.gap} common steps shrink theta by (1 - 2 eta)^G (left; the table's first columns). "
-                f"On seeded traces every gap between rare updates that starts at theta <= {cfg.forget.theta0:g} "
-                f"does the same (middle; the largest relative error per eta), and the angle follows the mean-field "
-                f"drift E[d theta] = eta (q - p) sin 2 theta (right).",
-                figures=[run_dir / "forget.png"], table=decay),
-        Section("Fig. 11: competition over neurons",
-                f"Neurons gated by a softmax over their alignments with each task (sharpness "
-                f"{cfg.competition.sharpness:g}), seeds {cfg.seeds}. The paper's picture: one neuron goes to the "
-                f"frequent task and the rare alignment decays to 0; with two, one neuron specialises to each task and "
-                f"the rare alignment stays near 1. Measured at step {s['competition'][0]['step']}: "
-                + "; ".join(f"N = {e['width']}: rare alignment {e['rare_alignment']:.3f} (mean over seeds)"
-                            for e in s["competition"]) + ".",
-                figures=[run_dir / "fig11.png"], table=comp),
-    ]
+    return ToyResult(run_dir, cfg, {name: runs.read_table(run_dir / f"{name}.parquet") for name in TABLES})

@@ -59,32 +59,38 @@ class ModelConfig(Config):
 
 @dataclass
 class TrainConfig(Config):
-    steps: int = option(20000, "optimizer steps, one fresh batch each")
-    batch_size: int = option(64, "examples per step (tasks drawn from pi)")
+    steps: int = option(20000, "optimizer steps, one fresh batch each", ge=1)
+    batch_size: int = option(64, "examples per step (tasks drawn from pi)", ge=1)
     optimizer: OptimizerKind = option(OptimizerKind.ADAMW, "adamw (the paper's), adam or sgd")
-    lr: float = option(1e-3, "peak learning rate")
-    weight_decay: float | None = option(None, "weight decay (default: 0.01 for adamw, 0 otherwise)")
-    momentum: float = option(0.0, "SGD momentum")
+    lr: float = option(1e-3, "peak learning rate", gt=0)
+    weight_decay: float | None = option(None, "weight decay (default: 0.01 for adamw, 0 otherwise)", ge=0)
+    momentum: float = option(0.0, "SGD momentum", ge=0)
     schedule: Schedule = option(Schedule.INVERSE_SQRT, "learning-rate schedule after warm-up")
-    warmup: int = option(100, "linear warm-up steps")
-    clip: float = option(1.0, "per-cell gradient-norm clip (0 = off)")
+    warmup: int = option(100, "linear warm-up steps", ge=0)
+    clip: float = option(1.0, "per-cell gradient-norm clip (0 = off)", ge=0)
     device: str = option("auto", "auto (CUDA when present), cpu or cuda")
-    checkpoint_every: int = option(2000, "steps between checkpoints (resume point after a kill)")
+    checkpoint_every: int = option(2000, "steps between checkpoints (resume point after a kill)", ge=1)
+
+    def validate(self, path: str = "train") -> None:
+        super().validate(path)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"{path}.device: {self.device!r} is not auto, cpu or cuda")
 
 
 @dataclass
 class EvalConfig(Config):
-    every: int = option(1000, "steps between metric evaluations")
+    every: int = option(1000, "steps between metric evaluations", ge=1)
     mode: EvalMode = option(EvalMode.EXACT, "exact: closed-form expectation; samples: Monte-Carlo")
-    samples: int = option(4096, "fresh samples per task in samples mode")
-    frequent_mass: float = option(0.8, "F = smallest top-frequency task set with at least this mass")
+    samples: int = option(4096, "fresh samples per task in samples mode", ge=1)
+    frequent_mass: float = option(0.8, "F = smallest top-frequency task set with at least this mass", gt=0,
+                                  le=1)
 
 
 @dataclass
 class SweepConfig(Config):
     _extra_field = "grid"
     widths: list[int] = option(factory=lambda: [1, 2, 4, 8, 16], doc="encoder widths N")
-    seeds: list[int] = option(factory=lambda: [0], doc="seeds (init and data stream of each cell)")
+    seeds: list[int] = option(factory=lambda: [0], doc="seeds (init and data stream of each cell)", ge=0)
     grid: dict[str, Any] = option(factory=dict, doc="other keys to sweep, e.g. mixture.zipf = [0.5, 1]")
 
 
@@ -101,22 +107,7 @@ class SynthConfig(Config):
 
     def validate(self, path: str = "") -> None:
         super().validate(path)
-        t, e, s = self.train, self.eval, self.sweep
-        for name, value, low in [("train.steps", t.steps, 1), ("train.batch_size", t.batch_size, 1),
-                                 ("train.warmup", t.warmup, 0), ("train.checkpoint_every", t.checkpoint_every, 1),
-                                 ("eval.every", e.every, 1), ("eval.samples", e.samples, 1)]:
-            if value < low:
-                raise ConfigError(f"{name}: must be >= {low}, got {value}")
-        for name, value in [("train.lr", t.lr), ("eval.frequent_mass", e.frequent_mass)]:
-            if not value > 0:
-                raise ConfigError(f"{name}: must be > 0, got {value}")
-        if e.frequent_mass > 1:
-            raise ConfigError(f"eval.frequent_mass: must be <= 1, got {e.frequent_mass}")
-        if t.clip < 0 or (t.weight_decay is not None and t.weight_decay < 0) or t.momentum < 0:
-            bad = "train.clip" if t.clip < 0 else "train.momentum" if t.momentum < 0 else "train.weight_decay"
-            raise ConfigError(f"{bad}: must be >= 0")
-        if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
-            raise ConfigError(f"train.device: {t.device!r} is not auto, cpu or cuda")
+        s = self.sweep
         if not s.widths:
             raise ConfigError("sweep.widths: empty")
         if not s.seeds:
@@ -124,8 +115,6 @@ class SynthConfig(Config):
         for name, values in [("sweep.widths", s.widths), ("sweep.seeds", s.seeds)]:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name}: values repeat")
-        if min(s.seeds) < 0:
-            raise ConfigError(f"sweep.seeds: must be >= 0, got {min(s.seeds)}")
         for key, values in s.grid.items():
             if key.split(".")[0] == "sweep":
                 raise ConfigError(f"sweep.{key}: the sweep cannot range over sweep keys")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
 
 import numpy as np
 import pytest
 
-from raretask.config import ConfigError, load_config, parse_value, split_key
+from raretask.config import Config, ConfigError, load_config, option, parse_value, split_key
 from raretask.synthetic.mixture import Placement
 from raretask.synthetic.train import EvalMode, OptimizerKind, Schedule, SynthConfig, expand_grid
 
@@ -243,3 +245,29 @@ def test_grid_values_must_be_valid_lists(toml_path):
     assert "sweep.mixture.zipf" in _error(toml_path, "sweep.mixture.zipf=[]")
     assert "mixture.zipf" in _error(toml_path, "sweep.mixture.zipf=[1.0, -1.0]")  # invalid grid point
     assert "mixture.dim" in _error(toml_path, "sweep.mixture.dim=[0]")
+
+
+@dataclasses.dataclass
+class Inner(Config):
+    rate: float = option(0.5, "a rate", gt=0, le=1)
+    sizes: list[int] = option(factory=lambda: [1, 2], doc="sizes", ge=1)
+    optional: float | None = option(None, "may be absent", ge=0)
+
+
+@dataclasses.dataclass
+class Outer(Config):
+    inner: Inner = option(factory=Inner, doc="nested")
+    steps: int = option(10, "steps", ge=1)
+
+
+def test_declared_bounds_are_checked_with_the_field_named():
+    """Bounds declared on a field (option(..., ge=, gt=, le=)) are checked for numbers and every number of a list,
+    at any nesting depth, by Config.validate itself: a subclass states no check loop."""
+    Outer().validate()
+    for data, message in [({"steps": 0}, "steps: must be >= 1, got 0"),
+                          ({"inner": {"rate": 0.0}}, "inner.rate: must be > 0, got 0.0"),
+                          ({"inner": {"rate": 1.5}}, "inner.rate: must be <= 1, got 1.5"),
+                          ({"inner": {"sizes": [3, 0]}}, "inner.sizes: must be >= 1, got 0"),
+                          ({"inner": {"optional": -1.0}}, "inner.optional: must be >= 0, got -1.0")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            Outer.from_dict(data).validate()

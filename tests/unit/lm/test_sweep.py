@@ -9,7 +9,7 @@ import pytest
 
 from raretask import runs
 from raretask.config import ConfigError, load_config
-from raretask.lm import figures
+from raretask.report import lm_figures as figures
 from raretask.lm import sweep as sweep_mod
 from raretask.lm.sweep import LMSweepConfig, expand_cells, run_sweep
 from raretask.lm.train import LMResult, read_result

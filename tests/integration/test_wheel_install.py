@@ -1,0 +1,66 @@
+"""A plain (non-editable) install works: the wheel carries the presets, and `raretask theory` and
+`raretask demo --part synthetic` run on them from a fresh virtualenv, outside any clone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel of this tree installed (no editable hook). The dependencies are this
+    environment's (a .pth line), so nothing is downloaded; the package itself comes only from the wheel."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp / "dist").glob("raretask-*.whl")
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    return env_dir
+
+
+def _raretask(env_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([env_dir / "bin" / "raretask", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_the_wheel_runs_theory_and_the_synthetic_demo_on_packaged_presets(installed, tmp_path):
+    where = _raretask(installed, tmp_path, "presets")
+    assert where.returncode == 0, where.stderr
+    assert "configs/synthetic/default.toml" in where.stdout.split()
+    assert "configs/lm/demo.toml" in where.stdout.split()
+    origin = subprocess.run([installed / "bin" / "python", "-c", "import raretask; print(raretask.__file__)"],
+                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert str(installed) in origin and str(ROOT) not in origin  # the wheel's copy, not this clone
+
+    theory = _raretask(installed, tmp_path, "theory", "configs/synthetic/default.toml", "--json")
+    assert theory.returncode == 0, theory.stderr
+    assert len(json.loads(theory.stdout)["tasks"]) == 6
+
+    demo = _raretask(installed, tmp_path, "demo", "--part", "synthetic", "--out", "demo", "--no-progress")
+    assert demo.returncode == 0, demo.stderr
+    page = (tmp_path / "demo" / "report.html").read_text()
+    for part in ("synthetic", "residual", "retention", "toy", "interference", "neurons"):
+        assert f"src='{part}/" in page, part
+        assert json.loads((tmp_path / "demo" / part / "meta.json").read_text())["status"] == "finished"
+
+    missing = _raretask(installed, tmp_path, "theory", "configs/synthetic/nope.toml")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "raretask presets" in missing.stderr
