@@ -1,7 +1,7 @@
 """Corpus preparation: documents in, OLMo-core token files out (train + held-out), with a manifest.
 
     cfg = load_config(CorpusConfig, "configs/lm/corpus/embedded.toml")
-    m = prepare(cfg, Path("runs/corpus/embedded"))     # trains the BPE, tokenizes, writes the files below
+    m = prepare(cfg, Path("runs/corpus/embedded"))     # splits, trains the BPE, tokenizes, writes the files below
     m.read("train")[:10]                               # np.memmap of token ids
     m.tokenizer().decode(m.read("heldout")[:50])
 
@@ -18,9 +18,11 @@ Sources (`SourceConfig`: embedded news corpora, text, JSONL, Dolma token files) 
 in the manifest). Special-token strings inside text (a literal `<|endoftext|>`) are removed from the token ids, so a
 document boundary is always a real one.
 
-Held-out split: `heldout_fraction` of the documents (rounded, at least one when > 0), drawn with `seed`; the
-rest is training data. `shuffle = true` (default) also writes the training documents in a seeded random order
-(mixing the sources); `false` keeps source order (e.g. Dolma's). Same config, same files, byte for byte.
+Held-out split: `heldout_fraction` of the documents (rounded, at least one when > 0), drawn with `seed` before
+the BPE is trained, so the BPE sees the training documents only; the rest is training data. A document that is
+empty once special-token strings are removed is dropped from its split after the draw. `shuffle = true` (default)
+also writes the training documents in a seeded random order (mixing the sources); `false` keeps source order
+(e.g. Dolma's). Same config, same files, byte for byte.
 """
 
 from __future__ import annotations
@@ -163,6 +165,12 @@ def _split(n: int, cfg: CorpusConfig) -> tuple[np.ndarray, np.ndarray]:
     return train, held
 
 
+def bpe_texts(docs: list[str | np.ndarray], train_idx: np.ndarray) -> list[str]:
+    """The texts the corpus BPE is trained on: the training documents only, in source order (so `shuffle` does
+    not change the tokenizer, and no held-out document shapes its merges)."""
+    return [d for d in (docs[i] for i in np.sort(train_idx)) if isinstance(d, str)]
+
+
 def _finished(out: Path, config_toml: str) -> bool:
     return (out / "manifest.json").is_file() and (out / "config.toml").is_file() \
         and (out / "config.toml").read_text() == config_toml
@@ -184,7 +192,8 @@ def _check_out(out: Path, config_toml: str, overwrite: bool) -> None:
 
 
 def prepare(cfg: CorpusConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> Manifest:
-    """Read, clean, (train the BPE,) tokenize and split the corpus into `out`; see the module docstring.
+    """Read, clean, split, (train the BPE on the training split,) and tokenize the corpus into `out`; see the
+    module docstring.
 
     Every input is read and checked before anything is written. Re-running the same config into the same `out`
     returns the existing manifest; a different config there is refused unless `overwrite`."""
@@ -199,18 +208,21 @@ def prepare(cfg: CorpusConfig, out: Path, *, progress: bool = True, overwrite: b
         stage = _stage(bar, "reading documents")
         tok = None if cfg.tokenizer is TokenizerKind.BPE else load_tokenizer(cfg.tokenizer)
         got = _read_sources(cfg, tok)
+        train_idx, held_idx = _split(len(got.docs), cfg)  # before the BPE, so held-out text cannot shape it
         timings["read_s"], clock = time.perf_counter() - clock, time.perf_counter()
         if tok is None:
             stage = _stage(bar, f"training a {cfg.bpe_vocab_size}-token BPE", stage)
-            tok = train_bpe((d for d in got.docs if isinstance(d, str)), cfg.bpe_vocab_size)
+            tok = train_bpe(bpe_texts(got.docs, train_idx), cfg.bpe_vocab_size)
             timings["bpe_s"], clock = time.perf_counter() - clock, time.perf_counter()
         dtype = token_dtype(tok.padded_vocab_size)
         stage = _stage(bar, "tokenizing", stage, total=len(got.docs))
         arrays = _tokenize(got.docs, tok, dtype, bar)
-        keep = [i for i, a in enumerate(arrays) if len(a)]  # a document of only special tokens is empty now
-        arrays = [arrays[i] for i in keep]
-        dropped = got.dropped_empty + len(got.docs) - len(keep)
-        train_idx, held_idx = _split(len(arrays), cfg)
+        # a document of only special tokens is empty now: dropped from whichever split it was drawn into
+        train = [arrays[i] for i in train_idx if len(arrays[i])]
+        held = [arrays[i] for i in held_idx if len(arrays[i])]
+        if not train:
+            raise ConfigError("sources: no training document is left once special-token strings are removed")
+        dropped = got.dropped_empty + len(arrays) - len(train) - len(held)
         timings["tokenize_s"], clock = time.perf_counter() - clock, time.perf_counter()
 
         stage = _stage(bar, "writing token files", stage)
@@ -218,8 +230,8 @@ def prepare(cfg: CorpusConfig, out: Path, *, progress: bool = True, overwrite: b
         meta = runs.RunMeta(out, kind="lm.corpus", seeds=[cfg.seed])
         clock = time.perf_counter()
         tok.save(out / "tokenizer.json")
-        files = {"train": _write_tokens(out / "train.npy", [arrays[i] for i in train_idx], dtype, tok.eos_id),
-                 "heldout": _write_tokens(out / "heldout.npy", [arrays[i] for i in held_idx], dtype, tok.eos_id)}
+        files = {"train": _write_tokens(out / "train.npy", train, dtype, tok.eos_id),
+                 "heldout": _write_tokens(out / "heldout.npy", held, dtype, tok.eos_id)}
         timings["write_s"] = time.perf_counter() - clock
         _stage(bar, None, stage)
     manifest = {"format": MANIFEST_FORMAT, "tokenizer": {**describe(tok), "file": "tokenizer.json"},

@@ -27,6 +27,7 @@ not compete for capacity; `true` injects all of them into each run, each at the 
 Run directory:
 
   DIR/config.toml, DIR/meta.json      the sweep config; provenance, kind "lm.sweep", wall time per cell
+  DIR/corpus.json                      sha256 of the corpus' token files and tokenizer (from its manifest)
   DIR/cells/<slug>/                    one `raretask.lm.train` run per cell (metrics.parquet, checkpoints, ...)
   DIR/results.parquet                  the last evaluation of every cell, one row per cell x task
   DIR/curves.parquet                   every evaluation of every cell, one row per cell x step x task
@@ -39,7 +40,8 @@ the unit (from metrics.parquet).
 
 Resume: a finished cell (meta.json status "finished" with the same config) is read back, not retrained; an
 unfinished one continues from its last checkpoint (`train.checkpoint_every`). Re-running the same command on the
-same DIR therefore resumes a killed sweep; a different config there is refused, `--overwrite` starts afresh.
+same DIR therefore resumes a killed sweep; a different config there is refused, and so is a different corpus at the
+same `data.manifest` path (its token files or tokenizer differ from DIR/corpus.json); `--overwrite` starts afresh.
 
 Before anything is written: the grid (no empty axis, known presets, frequencies > 0, tasks that exist), every
 cell's config, the corpus manifest, the injection plan of the most demanding cell (one scan of the corpus), the task
@@ -69,6 +71,7 @@ from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Unit, registered_kinds
 from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, run_entry_point, train
 
 KIND = "lm.sweep"
+CORPUS_RECORD = "corpus.json"  # the identity of the corpus every cell of the sweep directory was trained on
 
 
 class MicroBatch(StrEnum):
@@ -318,12 +321,15 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
     if not overwrite and (out / "config.toml").is_file() and (out / "config.toml").read_text() != toml:
         # checked on every rank, so no rank waits for a sweep that rank 0 refused
         raise ConfigError(f"--out {out}: holds a run of a different config (choose another --out, or --overwrite)")
+    corpus = check_corpus(cfg, out, overwrite)  # on every rank too, before any cell is read back or trained
     done = {c.slug for c in cells if not overwrite and is_finished(out / "cells" / c.slug, c.config)}
     if len(done) < len(cells):  # a finished sweep is read back without touching the corpus
         preflight(cfg, [c for c in cells if c.slug not in done])
     meta = None
     if rank == 0:
         runs.prepare_run_dir(out, toml, overwrite=overwrite)
+        if corpus is not None:
+            runs.write_json(out / CORPUS_RECORD, corpus)  # before any cell trains: every cell is of this corpus
         meta = runs.RunMeta(out, kind=KIND, seeds=cfg.sweep.seeds, sizes=cfg.sweep.sizes,
                             frequencies=cfg.sweep.frequencies, tasks=sorted({t for c in cells for t in c.tasks}),
                             gaps=cfg.sweep.gaps, cells=[c.slug for c in cells])
@@ -350,6 +356,40 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
         assert meta is not None
         meta.finish(timings=timings)
     return sweep
+
+
+def corpus_identity(manifest_dir: str | Path) -> dict[str, str] | None:
+    """What makes a corpus the same corpus for a sweep: the sha256 of its token files and of its tokenizer, as its
+    manifest records them (None when there is no manifest.json: nothing to compare)."""
+    from raretask.lm.corpus import Manifest
+
+    if not (Path(manifest_dir) / "manifest.json").is_file():
+        return None
+    try:
+        data = Manifest.load(manifest_dir).data
+    except ConfigError as e:
+        raise ConfigError(f"data.manifest: {e}") from None
+    return {"train_sha256": data["files"]["train"]["sha256"], "heldout_sha256": data["files"]["heldout"]["sha256"],
+            "tokenizer_sha256": data["tokenizer"]["sha256"]}
+
+
+def check_corpus(cfg: LMSweepConfig, out: Path, overwrite: bool) -> dict[str, str] | None:
+    """The identity of the config's corpus, after checking it is the one the cells already in `out` were trained
+    on (out/corpus.json). A cell's config names the corpus by path only, so a corpus prepared again at that path
+    (other sources, seed or tokenizer) would otherwise be silently mixed with cells trained on the old one, finished
+    (read back) or not (resumed from a checkpoint). Without a manifest there is nothing to compare: finished cells
+    are still read back, and an unfinished one fails in preflight. A directory without a record (new, or written
+    before records were kept) takes the current corpus's."""
+    corpus = corpus_identity(cfg.data.manifest)
+    record = out / CORPUS_RECORD
+    if overwrite or corpus is None or not record.is_file():
+        return corpus
+    recorded = json.loads(record.read_text())
+    if recorded != corpus:
+        changed = ", ".join(k.removesuffix("_sha256") for k in corpus if recorded.get(k) != corpus[k])
+        raise ConfigError(f"data.manifest: {cfg.data.manifest} is not the corpus the cells in --out {out} were "
+                          f"trained on ({changed} sha256 differ; choose another --out, or --overwrite)")
+    return corpus
 
 
 def is_finished(cell_dir: Path, cfg: LMConfig) -> bool:

@@ -203,8 +203,21 @@ class Evaluator:
         self.F = mixture.frequent_set(e.frequent_mass)
         self.pi_F = torch.zeros(mixture.num_tasks, dtype=torch.float64, device=device)
         self.pi_F[self.F] = torch.as_tensor(mixture.frequencies[self.F], dtype=torch.float64, device=device)
-        # one generator per seed (samples mode), so a cell's numbers never depend on the other cells of the sweep
+        # samples mode: one stream per seed, advanced once per evaluation (its state is what a checkpoint saves);
+        # each evaluation draws from it a key from which every width gets its own generator (cell_generator)
         self.generators = [torch.Generator(device=device).manual_seed(s * 31 + 12345) for s in seeds]
+
+    def cell_generator(self, key: int, width: int) -> torch.Generator:
+        """The samples-mode generator of one (seed, width) cell for one evaluation, from that seed's key for it.
+
+        Seeded from (key, width) alone, so a cell's Monte-Carlo loss is the same whichever other widths the sweep
+        has and in whatever order they are evaluated."""
+        seed = int(np.random.SeedSequence([key, width]).generate_state(1, dtype=np.uint64)[0])
+        return torch.Generator(device=self.A.device).manual_seed(seed)
+
+    def draw_keys(self) -> list[int]:
+        """One key per seed for this evaluation; advances each seed's stream by exactly one draw."""
+        return [int(torch.randint(2**62, (1,), generator=g, device=g.device)) for g in self.generators]
 
     @torch.no_grad()
     def __call__(self, student: SweepStudent) -> dict[str, np.ndarray]:
@@ -213,6 +226,7 @@ class Evaluator:
         K, d = self.mixture.num_tasks, self.mixture.dim
         loss = torch.zeros(S, C, K, dtype=torch.float64, device=self.A.device)
         sig = torch.zeros_like(loss)
+        keys = self.draw_keys() if self.e.mode is EvalMode.SAMPLES else []  # exact mode draws nothing
         for c, n in enumerate(student.widths):  # evaluation only (not per training step)
             o = student.starts[c]
             W = student.encoder.detach()[:, o:o + n].double()  # (S, N, d)
@@ -221,9 +235,10 @@ class Evaluator:
             if self.e.mode is EvalMode.EXACT:
                 loss[:, c] = E.square().sum((-1, -2))  # E_x ||E x||^2 = ||E||_F^2 for x ~ N(0, I)
             else:
+                gens = [self.cell_generator(key, n) for key in keys]  # this width's own draws, one per seed
                 for k in range(K):  # one task at a time keeps memory at S * n * d
                     x = torch.stack([torch.randn(self.e.samples, d, generator=g, dtype=torch.float64,
-                                                 device=self.A.device) for g in self.generators])  # (S, n, d)
+                                                 device=self.A.device) for g in gens])  # (S, n, d)
                     loss[:, c, k] = torch.einsum("srd,snd->snr", E[:, k], x).square().sum(-1).mean(-1)
             _, sv, vh = torch.linalg.svd(W, full_matrices=False)  # P_W = V V^T over non-zero singular values
             keep = sv > 1e-7 * sv.amax(-1, keepdim=True).clamp_min(1e-300)
