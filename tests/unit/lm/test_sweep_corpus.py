@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from raretask import runs
 from raretask.cli import main
 from raretask.config import ConfigError
-from raretask.lm import figures
 from raretask.lm import sweep as sweep_mod
 from raretask.lm.corpus import CorpusConfig, SourceConfig, prepare
 from raretask.lm.sweep import run_sweep
@@ -32,11 +31,10 @@ def prepare_corpus(tmp_path, seed, overwrite=False):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Training calls of the fake trainer; no OLMo, no corpus scan, no figures."""
+    """Training calls of the fake trainer; no OLMo, no corpus scan."""
     made: list[str] = []
     monkeypatch.setattr(sweep_mod, "train", fake_train(made))
     monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells: None)
-    monkeypatch.setattr(figures, "sweep_figures", lambda res, cur, out: [])
     monkeypatch.setattr(runs, "git_commit", lambda: "test")
     return made
 
