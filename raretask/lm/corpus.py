@@ -27,7 +27,6 @@ also writes the training documents in a seeded random order (mixing the sources)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -42,6 +41,7 @@ from raretask.config import Config, ConfigError, option
 from raretask.lm.sources import (  # noqa: F401  (re-exported: the corpus API predates the split)
     DocSplit, EmbeddedSet, SourceConfig, SourceKind, clean_text, documents, sha256_file, sha256_files)
 from raretask.lm.tokenizers import Tokenizer, TokenizerKind, describe, load_tokenizer, train_bpe
+from raretask.progress import progress_bar
 
 MANIFEST_FORMAT = 1
 SPLITS = ("train", "heldout")
@@ -203,8 +203,7 @@ def prepare(cfg: CorpusConfig, out: Path, *, progress: bool = True, overwrite: b
     _check_out(out, toml, overwrite)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    bar = _progress() if progress else None
-    with bar or contextlib.nullcontext():
+    with progress_bar(None, eta=False, enabled=progress) as bar:
         stage = _stage(bar, "reading documents")
         tok = None if cfg.tokenizer is TokenizerKind.BPE else load_tokenizer(cfg.tokenizer)
         got = _read_sources(cfg, tok)
@@ -240,14 +239,6 @@ def prepare(cfg: CorpusConfig, out: Path, *, progress: bool = True, overwrite: b
     runs.write_json(out / "manifest.json", manifest)  # last: marks the corpus finished
     meta.finish(timings=timings, train_tokens=files["train"]["tokens"], heldout_tokens=files["heldout"]["tokens"])
     return Manifest.load(out)
-
-
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)
 
 
 def _stage(bar: Any, name: str | None, previous: Any = None, total: int | None = None) -> Any:

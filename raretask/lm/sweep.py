@@ -245,7 +245,8 @@ def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
     from raretask.lm.corpus import Manifest
     from raretask.lm.models import available_memory, memory_estimate
     from raretask.lm.tasks import build_tasks
-    from raretask.lm.train import Precision, model_vocab_size, resolve_device
+    from raretask.devices import resolve_device
+    from raretask.lm.train import Precision, model_vocab_size
     from raretask.lm.train import prepare as train_prepare
 
     device = resolve_device(cfg.train.device)

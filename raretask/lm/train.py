@@ -46,10 +46,12 @@ from olmo_core.train.callbacks import Callback  # noqa: E402
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
+from raretask.devices import resolve_device
 from raretask.lm.environment import barrier, init_environment, on_rank0, process_state
 from raretask.lm.evaluate import COLUMNS, EvalConfig, LMEvalCallback, build_evalset
 from raretask.lm.models import LMModelConfig
 from raretask.lm.tasks import LMTaskConfig
+from raretask.progress import progress_bar
 
 VOCAB_MULTIPLE = 128  # embedding rows are padded to a multiple of this (OLMo's 50280 -> 50304)
 
@@ -187,16 +189,6 @@ class Prepared:
     micro_batch_seqs: int
 
 
-def resolve_device(name: Device | str) -> Any:
-    import torch
-
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name) == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(str(name))
-
-
 def model_vocab_size(cfg: LMConfig, manifest: Any, tasks: list[Any]) -> int:
     """Embedding rows: the tokenizer's padded vocabulary, grown (to a multiple of 128) for dedicated task tokens;
     `model.vocab_size` may ask for more, never fewer (ConfigError naming it)."""
@@ -321,7 +313,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
     frequencies = [p.plan.requested[c.name].per_token for c in cfg.tasks]
     evalset = build_evalset(p.tasks, frequencies, cfg.eval, heldout=p.manifest.read("heldout"), seq_len=T,
                             eos_id=p.manifest.eos_id, seed=cfg.seed, references=_references(cfg, p))
-    bar = _progress() if progress and rank == 0 else None
+    bar = progress_bar() if progress and rank == 0 else None
     shown = ProgressCallback(progress=bar) if bar is not None else None
     evaluator = LMEvalCallback(evalset=evalset, every=cfg.eval.every, batch_seqs=cfg.eval.batch_seqs,
                                max_tokens=p.micro_batch_seqs * T, path=out / "metrics.parquet", write=rank == 0,
@@ -459,16 +451,6 @@ class ProgressCallback(Callback):
         parts = [f"held-out {r['heldout_loss']:.3f}"] if r.get("heldout_loss") is not None else []
         parts += [f"{x['task']} {x['train_loss']:.2f}" for x in rows if x.get("task") is not None]
         self.progress.update(self._task, description="  ".join(["train", *parts]))
-
-
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-                    transient=False)
 
 
 # --------------------------------------------------------------------------------------------------- entry point

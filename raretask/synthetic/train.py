@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from raretask import runs
-from raretask.progress import progress_bar
 from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
+from raretask.devices import resolve_device
+from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import CellStudent, EncoderKind, SweepStudent
 
@@ -156,14 +157,6 @@ def group_slug(assign: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------- optimiser & schedule
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def make_optimizer(t: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
