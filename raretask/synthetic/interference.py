@@ -301,10 +301,12 @@ def interference_sections(run_dir: Path) -> list[Any]:
     text = (f"Per-task gradients of the shared encoder ({s['mode']} probe: "
             f"{'the training step’s own batch' if s['mode'] == 'batch' else 'their expectation over x'}), "
             f"step {s['step']}, mean over seeds {cfg.sweep.seeds}. F = {{{', '.join(s['frequent_set'])}}}, rare task "
-            f"r = {s['rare']}. A width that has captured its frequent tasks receives a small common-task gradient "
-            f"G_F (Thm 4: ||G_F|| <= 2 sqrt(lambda_1(M_F) delta_F)), so little of it moves the encoder along the rare "
-            f"task's directions B_r. An isotropic gradient would put sqrt(r_r/d) = {s['projection_baseline']:.3g} of "
-            f"its norm there.")
+            f"r = {s['rare']}. ||G_F|| is the raw encoder gradient of the frequent tasks with the current "
+            f"decoders; Thm 4's 2 sqrt(lambda_1(M_F) delta_F) does not bound it (that bound is for the gradient on "
+            f"the subspace at optimal decoders), and it depends on the encoder's scale: W -> cW, D -> D/c leaves "
+            f"every prediction unchanged and divides it by c. Its share along the rare task's directions B_r, "
+            f"||G_F B_r|| / ||G_F||, and the cosines are scale-free; an isotropic gradient would put sqrt(r_r/d) = "
+            f"{s['projection_baseline']:.3g} of its norm there.")
     return [Section("Gradient interference on the shared encoder", text, figures=[run_dir / "interference.png",
                                                                                    run_dir / "cosines.png"],
                     table=rows)]

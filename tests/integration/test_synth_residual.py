@@ -29,8 +29,9 @@ def test_residual_preset_rare_task_held_on_the_theory_side_of_the_threshold(cli,
     top direction is held, raw s_r >= 0.69 (it is 0.70 of the task's variance; s~_r >= 0.65), and delta_F <
     threshold_upper. N = 9, where the optimum takes the rare direction with delta_F = threshold_upper exactly and the
     rare utility (0.0372) competes with task00's fourth direction (0.0342): a seed has learned the rare direction
-    exactly when its delta_F is nearer threshold_upper than threshold (keeping task00's direction instead leaves delta_F =
-    threshold). Learning order along training, Theorem 4 (an identity) and the applied gradient (a measurement)."""
+    exactly when its delta_F is nearer threshold_upper than threshold (keeping task00's direction instead leaves
+    delta_F = threshold). Learning order along training, Theorem 4 (an identity) and the applied gradient (a
+    measurement)."""
     out = tmp_path / "o"
     s = summary(cli("synth", "residual", PRESETS / "residual.toml", "--out", out, "--json", "--no-progress"))
     (point,) = s["points"]
