@@ -21,22 +21,27 @@ gap then ends right before an injection, and under burst every G sees the same f
 
 Measurements (exact, from the encoder's projector P_W as in train.Evaluator; s~ = (s - N/d) / (1 - N/d)), on
 `eval.cycles` cycles per gap spread evenly over training (every cycle when 0):
-  trace    s_r(t), s~_r(t), the frequent set's s~_F(t) (s_F = Tr(P_W M_F) / Tr(M_F), M_F = sum_{k in F} pi_k C_k,
-           F from the frequencies with pi_r replaced) and the rare samples seen so far: at the start of the cycle
-           (`pre`, before its first batch), right after that batch (`post`), at `eval.between` evenly spaced points
-           inside, and at the end of training.
+  trace    s_r(t), s~_r(t), the frequent set's s_F(t) and s~_F(t) (s_F = Tr(P_W M_F) / Tr(M_F), M_F = sum_{k in F}
+           pi_k C_k, F from the frequencies with pi_r replaced) and the rare samples seen so far: at the start of the
+           cycle (`pre`, before its first batch), right after that batch (`post`), at `eval.between` evenly spaced
+           points inside, and at the end of training.
   cycles   with Adam an injection's update lands over ~1/(1 - beta_1) = 10 steps, so the cycle's peak is the highest
            s_r measured inside it (post or between). gain_c = s~(peak_c) - s~(pre_c), the rise after the injection;
-           decay_c = s~(peak_c) - s~(pre_{c+1}), what is lost before the next one.
+           decay_c = s~(peak_c) - s~(pre_{c+1}), what is lost before the next one; gain_raw, decay_raw: the same on s_r.
   fit      retention per cycle a = least-squares slope through the origin of s_r(pre_{c+1}) on s_r(peak_c) over the
            cycles after `eval.fit_from` of training, on raw s_r, whose fully forgotten state is 0 (the rare
            directions rotated out of span(W)). Decay per cycle delta = 1 - a: the fraction of the signal held after an
            injection that is gone by the next one (~1: update-and-forget; ~0: kept). Rate per step
            kappa = -ln(a) / G: the exponential decay that loses as much over one gap (Example 7: e^{-2 eta G}).
-  final    s~_r, s~_F and the fit of every cell after train.steps.
+  final    s_r, s~_r, s_F, s~_F and the fit of every cell after train.steps.
   cosines  cos(G_r, G_F) per cell: the encoder gradients of the batch loss on a fresh rare-only batch and on a fresh
            frequent-set batch (`eval.grad_batch` samples each, from their own per-seed generators) at the start of
            every measured cycle and at the end.
+
+Across widths compare raw s_r, the share of r's variance inside span(W): s~ subtracts the chance level N/d of a
+random subspace, but a trained encoder is not random, and one that holds nothing of r has s_r = 0, so
+s~_r = -N/(d - N), lower the wider it is: s~ can reverse a width ordering among cells that hold little of r. At one
+width s~ is an increasing affine function of s_r, so orderings across gaps agree.
 
 Writes DIR/{trace,cycles,cosines,final}.parquet, DIR/retention_{traces,final,decay,cosine}.png and per gap
 DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet marks it finished).
@@ -401,7 +406,7 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         for s, c in cells:
             _append(trace, gap=gap, seed=seeds[s], width=widths[c], step=t, cycle=t // gap, phase=plan[t],
                     rare_seen=int(seen[s]), signal_rare=float(s_r[s, c]), signal_rare_corrected=float(sc[s, c]),
-                    signal_frequent_corrected=float(fc[s, c]))
+                    signal_frequent_corrected=float(fc[s, c]), signal_frequent=float(s_F[s, c]))
             if cs is not None:
                 _append(cos, gap=gap, seed=seeds[s], width=widths[c], step=t, cosine=float(cs[s, c]))
     cycles: dict[str, list] = {}
@@ -415,7 +420,8 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         for s, k in cells:
             _append(cycles, gap=gap, seed=seeds[s], width=widths[k], cycle=c, step=c * gap, rare_samples=int(rare[s]),
                     signal_pre=float(pre[s, k]), signal_peak=float(peak[s, k]), signal_next=float(nxt[s, k]),
-                    gain=float(gain[s, k]), decay=float(decay[s, k]))
+                    gain=float(gain[s, k]), decay=float(decay[s, k]), gain_raw=float(peak[s, k] - pre[s, k]),
+                    decay_raw=float(peak[s, k] - nxt[s, k]))
     fitted = [c for c in measured if c >= fit_from * (steps // gap)]
     s_r, s_F, seen, _ = records[steps]
     final: dict[str, list] = {}
@@ -423,12 +429,14 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         peak = np.array([peak_of[k][s, c] for k in fitted])
         nxt = np.array([records[(k + 1) * gap][0][s, c] for k in fitted])
         gains = [corr(peak_of[k])[s, c] - corr(records[k * gap][0])[s, c] for k in fitted]
+        raw_gains = [peak_of[k][s, c] - records[k * gap][0][s, c] for k in fitted]
         a, delta, kappa = fit_decay(peak, nxt, gap)
         _append(final, gap=gap, seed=seeds[s], width=widths[c], step=steps, rare_seen=int(seen[s]),
                 signal_rare=float(s_r[s, c]), signal_rare_corrected=float(corr(s_r)[s, c]),
                 signal_frequent_corrected=float(corr(s_F)[s, c]), retention_per_cycle=a, decay_per_cycle=delta,
                 decay_rate_per_step=kappa, mean_gain=float(np.mean(gains)) if gains else math.nan,
-                cycles_fitted=len(fitted))
+                cycles_fitted=len(fitted), signal_frequent=float(s_F[s, c]),
+                mean_gain_raw=float(np.mean(raw_gains)) if raw_gains else math.nan)
     return {"trace": trace, "cycles": cycles, "cosines": cos, "final": final}
 
 
@@ -465,10 +473,11 @@ class RetentionResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The `--json` object: per gap (rows) and width (columns), means over seeds, and per seed."""
+        """The `--json` object: per gap (rows) and width (columns), means over seeds, and per seed. final_signal_rare
+        is s~_r, final_signal_rare_raw s_r (the one to compare widths on)."""
         s, inj = self.config.sweep, self.config.injection
         keys = {"final_signal_rare": "signal_rare_corrected", "decay_per_cycle": "decay_per_cycle",
-                "final_signal_frequent": "signal_frequent_corrected"}
+                "final_signal_frequent": "signal_frequent_corrected", "final_signal_rare_raw": "signal_rare"}
 
         def clean(a: np.ndarray) -> Any:
             return [clean(x) for x in a] if np.ndim(a) else (float(a) if np.isfinite(a) else None)

@@ -10,6 +10,7 @@ import torch
 
 from raretask.config import ConfigError
 from raretask.synthetic.mixture import TaskStream
+from raretask.synthetic.model import SweepStudent
 from raretask.synthetic.retention import (InjectionSchedule, RareSchedule, RetentionConfig, RetentionProbe,
                                           eval_plan, fit_decay, frequent_tasks, gap_tables, matched_frequencies,
                                           measured_cycles, rare_task)
@@ -257,3 +258,32 @@ def test_sparse_measurement_keeps_only_the_measured_cycles(cfg, tmp_path):
     assert sorted(set(tb["cycles"]["cycle"])) == [0, 12]
     assert tb["final"]["cycles_fitted"] == [1] and tb["final"]["rare_seen"] == [48 * 32 // 16]
     assert set(tb["trace"]["step"]) == {0, 1, 2, 24, 25, 26, 48}
+
+
+def test_corrected_signal_reverses_widths_that_hold_the_same_of_the_rare_task(cfg):
+    """Two widths whose encoders hold the same rare directions have the same raw s_r but different s~_r: holding
+    none, s~_r = -N/(d - N) falls as N grows (the 'wider holds less' artifact); holding r's top direction, s~_r is
+    lower at the wider one too. The tables carry raw s_r beside s~_r for that reason."""
+    c = cfg()
+    mix, r = c.mixture.build(), 2
+    pi = matched_frequencies(mix, r, c.injection.rate)
+    F = frequent_tasks(mix, r, c.injection.rate, 0.8)
+    student = SweepStudent(mix.dim, mix.ranks, [3, 6], [0], dtype=torch.float64)
+    frequent = np.concatenate([mix.bases[k] for k in F], axis=1).T  # (7, d) orthonormal rows, orthogonal to B_r
+    probe = RetentionProbe(mix, r, F, pi, [0], CPU, 4)
+    for rare_rows in (0, 1):  # hold none of r, then r's top direction
+        rows = [mix.bases[r][:, 0]] * rare_rows
+        with torch.no_grad():
+            for k, n in enumerate(student.widths):
+                W = np.stack(rows + list(frequent[:n - rare_rows]))
+                student.encoder[0, student.starts[k]:student.starts[k] + n] = torch.as_tensor(W)
+        s_r, s_F = probe.signals(student)
+        records = {t: (s_r, s_F, np.zeros(1, dtype=np.int64), None) for t in (0, 1)}
+        final = gap_tables(records, {0: "pre", 1: "end"}, [0], 1, 1, [3, 6], [0], mix.dim, 0.0)["final"]
+        share = rare_rows * mix.eigenvalues[r][0] / mix.traces[r]
+        assert final["signal_rare"] == pytest.approx([share, share], abs=1e-12)  # raw: the same
+        expected = [(share - n / mix.dim) / (1 - n / mix.dim) for n in (3, 6)]
+        assert final["signal_rare_corrected"] == pytest.approx(expected, abs=1e-12)
+        assert final["signal_rare_corrected"][1] < final["signal_rare_corrected"][0]  # s~: the wider holds "less"
+        if rare_rows == 0:
+            assert final["signal_rare_corrected"] == pytest.approx([-3 / 21, -6 / 18])  # -N/(d - N), d = 24
