@@ -1,7 +1,8 @@
 """`raretask synth interference`: per-task gradient interference on the shared encoder along a synthetic sweep's
 training (paper Sec. 3.2, Thm 4, Fig. 4). The arithmetic (per-task gradients in one pass, their Gram statistics, the
 metrics) is `raretask.analysis.interference`; this module trains, measures every eval.every steps, writes
-DIR/{interference,cosines}.parquet and DIR/{interference,cosines}.png, and adds a report section.
+DIR/{interference,cosines}.parquet and DIR/{interference,cosines}.png (with `interference.save_encoder`, also
+DIR/encoder.pt: every cell's final W, see retention.save_encoders), and adds a report section.
 
     cfg = load_config(InterferenceConfig, "configs/synthetic/interference.toml")
     result = run_interference(cfg, Path("runs/interference"))
@@ -22,6 +23,7 @@ from raretask.analysis.interference import (GradientTap, Targets, exact_task_gra
                                             interference_metrics, per_task_stats)
 from raretask.config import Config, ConfigError, StrEnum, option
 from raretask.synthetic.mixture import Mixture
+from raretask.synthetic.retention import save_encoders
 from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig, resolve_device
 
 
@@ -43,6 +45,7 @@ class ProbeConfig(Config):
     mode: ProbeMode = option(ProbeMode.BATCH, "batch: gradients of the step's own batch; exact: their expectation")
     rare: str | None = option(None, "the rare task r whose input subspace is probed (default: the least frequent)")
     cosines: CosineSet = option(CosineSet.ALL, "all: K x K cosines; frequent_rare: among F and r only (cheaper)")
+    save_encoder: bool = option(False, "write every cell's final encoder W to DIR/encoder.pt")
 
 
 @dataclass
@@ -176,6 +179,8 @@ def _train_and_measure(cfg: InterferenceConfig, out: Path, progress: bool) -> tu
                          "eval_generators": [gen.get_state() for gen in evaluator.generators]}
                 with runs.atomic_path(ckpt) as tmp:
                     torch.save(state, tmp)
+    if cfg.interference.save_encoder:  # the encoder the last row was measured on
+        save_encoders(student, out / "encoder.pt", step=T)
     first = {(s, w): v for st, s, w, v in zip(table["step"], table["seed"], table["width"], table["frequent_norm"])
              if st == 0}
     table["frequent_norm_ratio"] = [v / first[(s, w)] if first[(s, w)] > 0 else float("nan")

@@ -44,7 +44,9 @@ s~_r = -N/(d - N), lower the wider it is: s~ can reverse a width ordering among 
 width s~ is an increasing affine function of s_r, so orderings across gaps agree.
 
 Writes DIR/{trace,cycles,cosines,final}.parquet, DIR/retention_{traces,final,decay,cosine}.png and per gap
-DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet marks it finished).
+DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet marks it finished; with
+`eval.save_encoders`, encoders/step=<t>.pt: every cell's W at each measured cycle start and at the end, see
+save_encoders).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class RetentionEvalConfig(Config):
     grad_batch: int = option(512, "samples in each fresh batch whose encoder gradients G_r, G_F are compared")
     frequent_mass: float = option(0.8, "F = smallest top-frequency set with at least this mass (pi_r replaced)")
     fit_from: float = option(0.5, "the decay fit uses the cycles after this fraction of training")
+    save_encoders: bool = option(False, "write every cell's encoder W at each measured cycle start (and the end) to "
+                                        "DIR/groups/gap=<G>/encoders/step=<t>.pt")
 
 
 @dataclass
@@ -362,6 +366,8 @@ def train_gap(cfg: RetentionConfig, gap: int, gdir: Path, progress: Any = None) 
         s_r, s_F = probe.signals(student)
         cos = probe.cosines(student) if t in starts else None
         records[t] = (s_r, s_F, seen.copy(), cos)
+        if cfg.eval.save_encoders and t in starts:
+            save_encoders(student, gdir / "encoders" / f"step={t:07d}.pt", step=t, gap=gap)
 
     if step == 0:
         record(0)
@@ -386,6 +392,17 @@ def train_gap(cfg: RetentionConfig, gap: int, gdir: Path, progress: Any = None) 
                         mixture.dim, cfg.eval.fit_from)
     tables["wall_time_s"] = elapsed + time.perf_counter() - start
     return tables
+
+
+def save_encoders(student: SweepStudent, path: Path, **meta: Any) -> Path:
+    """Write every cell's encoder W (N, d), as trained (its dtype), to `path` atomically (a temporary name, then one
+    rename: a killed run never leaves a partial file): {**meta, "seeds", "widths", "encoders": [seed][width] W}, a
+    plain structure torch.load(..., weights_only=True) reads, so a run's later steps can be checked from outside."""
+    S, C = student.num_cells
+    cells = [[student.cell(s, c)[0].cpu().clone() for c in range(C)] for s in range(S)]
+    with runs.atomic_path(path) as tmp:
+        torch.save({**meta, "seeds": list(student.seeds), "widths": list(student.widths), "encoders": cells}, tmp)
+    return path
 
 
 def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: int, steps: int, widths: list[int],

@@ -25,6 +25,7 @@ def cfg(config_from):
     ("interference.rare=zzz", "interference.rare: no task named 'zzz'"),
     ("interference.rare=a", "interference.rare: task 'a' is in the frequent set F"),
     ("interference.mode=noisy", "interference.mode: 'noisy' is not one of"),
+    ("interference.save_encoder=1.5", "interference.save_encoder: expected true or false"),
 ])
 def test_bad_probe_settings_name_the_field(cfg, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -165,6 +165,7 @@ def test_rare_task_choices(cfg):
     (["sweep.widths=[2,24]"], "sweep.widths: width 24 must be < mixture.dim = 24"),
     (["eval.fit_from=1.0"], "eval.fit_from: must be in [0, 1)"),
     (["injection.rate=0.9", "eval.frequent_mass=0.5"], "eval.frequent_mass: the frequent set is empty"),
+    (["eval.save_encoders=maybe"], "eval.save_encoders: expected true or false"),
 ])
 def test_bad_config_is_one_line_naming_the_field(cfg, overrides, field):
     with pytest.raises(ConfigError) as e:
@@ -287,3 +288,37 @@ def test_corrected_signal_reverses_widths_that_hold_the_same_of_the_rare_task(cf
         assert final["signal_rare_corrected"][1] < final["signal_rare_corrected"][0]  # s~: the wider holds "less"
         if rare_rows == 0:
             assert final["signal_rare_corrected"] == pytest.approx([-3 / 21, -6 / 18])  # -N/(d - N), d = 24
+
+
+def test_saved_encoders_are_the_run_s_encoders_at_cycle_starts(cfg, tmp_path):
+    """eval.save_encoders writes every cell's W at each measured cycle start and at the end: the same tensor as
+    rerunning the training to that step, its rare signal is the logged one, and saving changes no table."""
+    from raretask import theory
+    from raretask.synthetic.retention import train_gap
+
+    c = cfg("eval.save_encoders=true", "eval.cycles=3", "sweep.gaps=[8]")
+    on = train_gap(c, 8, tmp_path / "on")
+    off = train_gap(cfg("eval.cycles=3", "sweep.gaps=[8]"), 8, tmp_path / "off")
+    assert {k: v for k, v in on.items() if k != "wall_time_s"} == {k: v for k, v in off.items() if k != "wall_time_s"}
+    assert not (tmp_path / "off" / "encoders").exists()
+    starts = [0, 16, 32, 48]  # 6 cycles, every second measured, and the end
+    assert sorted(p.name for p in (tmp_path / "on" / "encoders").iterdir()) == [f"step={t:07d}.pt" for t in starts]
+
+    mix, r = c.mixture.build(), 2
+    trainer = SweepTrainer(c.synth_config())
+    schedule = InjectionSchedule(mix.frequencies, r, c.injection.rate, c.injection.schedule, 8, 32, c.sweep.seeds)
+    trace = on["trace"]
+    for step in range(49):
+        if step in starts:
+            saved = torch.load(tmp_path / "on" / "encoders" / f"step={step:07d}.pt", weights_only=True)
+            assert (saved["step"], saved["gap"], saved["seeds"], saved["widths"]) == (step, 8, [0, 3], [2, 5])
+            for s, seed in enumerate(c.sweep.seeds):
+                for k, n in enumerate(c.sweep.widths):
+                    W = saved["encoders"][s][k]
+                    assert torch.equal(W, trainer.student.cell(s, k)[0])  # the rerun reaches the same encoder
+                    U = theory.row_space_basis(W.double().numpy())
+                    logged = [v for t, sd, w, v in zip(trace["step"], trace["seed"], trace["width"],
+                                                       trace["signal_rare"]) if (t, sd, w) == (step, seed, n)]
+                    assert logged == [pytest.approx(theory.signal(mix.covariance(r), U), rel=1e-9)]
+        if step < 48:
+            trainer.step(schedule.counts(step))
