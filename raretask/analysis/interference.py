@@ -18,8 +18,13 @@ in place of autograd's, so a logged step costs little more than a plain one (ben
 
 Metrics per cell (F = the frequent set, r = the rare task, B_r its input directions (d, r_r)):
   cosine(k, l)         <g_k, g_l> / (||g_k|| ||g_l||)  (NaN when a task has no example in the batch)
-  frequent_norm        ||G_F||, G_F = sum_{k in F} g_k: the common-task update that Thm 4 bounds by
-                       2 sqrt(lambda_1(M_F) delta_F); `frequent_norm_ratio` divides by its value at step 0
+  frequent_norm        ||G_F||, G_F = sum_{k in F} g_k: the raw encoder gradient of the frequent tasks with the
+                       current decoders. Thm 4 does NOT bound it: its 2 sqrt(lambda_1(M_F) delta_F) bounds the
+                       gradient on the subspace, G_F(U) = 2 (I - P_U) M_F U, at optimal decoders, and depends on
+                       span(W) only, while ||G_F|| depends on the parametrisation: W -> cW, D -> D/c leaves every
+                       prediction unchanged and divides it by c (raretask.synthetic.dynamics records a scale-free
+                       form). `frequent_norm_ratio` divides by its value at step 0, so it mixes learning with any
+                       change of the encoder's scale
   rare_projection      ||G_F B_r||_F / ||G_F||_F: the share of the common update that moves the encoder along the
                        rare task's input directions (sqrt(r_r / d) for an isotropic gradient)
   cos_rare_frequent    cos(g_r, G_F), the paper's Fig. 4 interference cosine

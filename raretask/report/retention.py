@@ -22,8 +22,8 @@ def _rows_by(table: dict[str, list], keys: tuple[str, ...]) -> dict[tuple, list[
 
 
 def retention_figures(result: RetentionResult) -> list[Path]:
-    """Fig. 4 / 20: s~_r traces with injection ticks and per-cycle gain / decay for every (G, N); the final s~_r
-    heat map over G x N; decay per cycle vs width; cos(G_r, G_F) over training."""
+    """Fig. 4 / 20: s~_r and raw s_r traces with injection ticks and per-cycle gain / decay for every (G, N); the
+    final raw s_r and s~_r heat maps over G x N; decay per cycle vs width; cos(G_r, G_F) over training."""
     from raretask.report.plotting import pyplot as _plt, save_figure as _save
 
     plt, out, cfg = _plt(), result.out, result.config
@@ -39,6 +39,8 @@ def retention_figures(result: RetentionResult) -> list[Path]:
             steps = [tr["step"][k] for k in rows]
             ax.plot(steps, [tr["signal_rare_corrected"][k] for k in rows], lw=0.7, color="C0",
                     label="s~_r" if first else None)
+            ax.plot(steps, [tr["signal_rare"][k] for k in rows], lw=0.5, color="C1", alpha=0.8,
+                    label="s_r (raw)" if first else None)
             ax.plot(steps, [tr["signal_frequent_corrected"][k] for k in rows], lw=0.6, color="0.6", ls="--",
                     label="s~_F (frequent)" if first else None)
             first = False
@@ -56,19 +58,25 @@ def retention_figures(result: RetentionResult) -> list[Path]:
             ax.legend(fontsize=6, loc="upper left")
             twin.legend(fontsize=6, loc="center left")
     fig.supxlabel("step")
-    fig.supylabel("corrected signal (left); change per cycle (right)")
+    fig.supylabel("signal (left); change of s~_r per cycle (right)")
     paths = [_save(fig, out / "retention_traces.png")]
 
-    fin = result.grid("signal_rare_corrected").mean(0)  # (G, W)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(widths), 1.2 + 0.5 * len(gaps)))
-    im = ax.imshow(fin, cmap="viridis", vmin=min(0.0, float(np.nanmin(fin))), vmax=1, aspect="auto")
-    for (i, j), v in np.ndenumerate(fin):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(im, ax=ax, label="final s~_r (mean over seeds)")
-    ax.set_xticks(range(len(widths)), [str(n) for n in widths])
-    ax.set_yticks(range(len(gaps)), [str(G) for G in gaps])
-    ax.set_xlabel("width N")
-    ax.set_ylabel("gap G")
+    # raw s_r (compare widths on it) beside s~_r, whose zero-holding value -N/(d - N) falls with N
+    fins = [(result.grid("signal_rare").mean(0), "final s_r, raw"), (result.grid("signal_rare_corrected").mean(0),
+                                                                     "final s~_r")]  # (G, W) each
+    low = min(0.0, *(float(np.nanmin(f)) for f, _ in fins))
+    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.6 * len(widths), 1.2 + 0.5 * len(gaps)), squeeze=False,
+                             layout="constrained")
+    for ax, (fin, label) in zip(axes[0], fins):
+        im = ax.imshow(fin, cmap="viridis", vmin=low, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(fin):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        ax.set_title(f"{label} (mean over seeds)", fontsize=8)
+        ax.set_xticks(range(len(widths)), [str(n) for n in widths])
+        ax.set_yticks(range(len(gaps)), [str(G) for G in gaps])
+        ax.set_xlabel("width N")
+    axes[0, 0].set_ylabel("gap G")
+    fig.colorbar(im, ax=axes[0].tolist())
     paths.append(_save(fig, out / "retention_final.png"))
 
     dec = result.grid("decay_per_cycle")  # (S, G, W)
@@ -124,15 +132,25 @@ def retention_sections(run_dir: Path) -> list[Any]:
            RareSchedule.INTERVAL: "spread evenly over the stream (one sample every 1/rho_r)",
            RareSchedule.IID: "drawn with probability rho_r for every sample"}[inj.schedule]
     cells = "Cells: mean over seeds [min, max]."
+    d = mixture.dim
     return [
         Section("Retention: final rare-task signal (gap G x width N)",
                 f"Rare task {result.rare!r} at the matched rate rho_r = {inj.rate:.3g}, {how}; {cfg.train.steps} "
-                f"steps. Final corrected signal s~_r. {cells}",
-                figures=[run_dir / "retention_final.png"], table=_grid_table(result, "signal_rare_corrected")),
+                f"steps. Table: the final raw signal s_r = Tr(P_W C_r) / Tr(C_r), the share of the rare task's "
+                f"variance the encoder holds: \"a width holds more of the rare task\" is read on it. Figure: s_r and "
+                f"the corrected s~_r = (s_r - N/d) / (1 - N/d) side by side (table below). s~_r is not comparable "
+                f"across widths near 0: an encoder holding nothing of the rare task has s_r = 0 but s~_r = "
+                f"-N/(d - N) ({', '.join(f'{-n / (d - n):.3f}' for n in cfg.sweep.widths)} at N = "
+                f"{', '.join(str(n) for n in cfg.sweep.widths)}, d = {d}), so it can reverse a width ordering; at "
+                f"one width both order the gaps alike. {cells}",
+                figures=[run_dir / "retention_final.png"], table=_grid_table(result, "signal_rare")),
+        Section("Retention: final corrected signal s~_r",
+                f"s~_r of the same cells (compare it across gaps, not widths). {cells}",
+                table=_grid_table(result, "signal_rare_corrected")),
         Section("Retention: s~_r over training",
-                "Left axis: s~_r per seed (blue) and the frequent set's s~_F (grey, dashed); green ticks: injections. "
-                "Right axis (dotted, mean over seeds): each measured cycle's gain (peak minus start) and decay "
-                "(peak minus the next start).",
+                "Left axis: s~_r per seed (blue), raw s_r (orange) and the frequent set's s~_F (grey, dashed); green "
+                "ticks: injections. Right axis (dotted, mean over seeds): each measured cycle's gain (peak minus "
+                "start) and decay (peak minus the next start) of s~_r (cycles.parquet also has them on raw s_r).",
                 figures=[run_dir / "retention_traces.png"]),
         Section("Retention: decay per cycle",
                 "1 - a, with a the least-squares slope through the origin of s_r at the next cycle's start on s_r at "

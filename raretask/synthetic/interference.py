@@ -1,7 +1,8 @@
 """`raretask synth interference`: per-task gradient interference on the shared encoder along a synthetic sweep's
 training (paper Sec. 3.2, Thm 4, Fig. 4). The arithmetic (per-task gradients in one pass, their Gram statistics, the
 metrics) is `raretask.analysis.interference`; this module trains, measures every eval.every steps, writes
-DIR/{interference,cosines}.parquet and DIR/{interference,cosines}.png, and adds a report section.
+DIR/{interference,cosines}.parquet and DIR/{interference,cosines}.png (with `interference.save_encoder`, also
+DIR/encoder.pt: every cell's final W, see retention.save_encoders), and adds a report section.
 
     cfg = load_config(InterferenceConfig, "configs/synthetic/interference.toml")
     result = run_interference(cfg, Path("runs/interference"))
@@ -22,6 +23,7 @@ from raretask.analysis.interference import (GradientTap, Targets, exact_task_gra
                                             interference_metrics, per_task_stats)
 from raretask.config import Config, ConfigError, StrEnum, option
 from raretask.synthetic.mixture import Mixture
+from raretask.synthetic.retention import save_encoders
 from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig, resolve_device
 
 
@@ -43,6 +45,7 @@ class ProbeConfig(Config):
     mode: ProbeMode = option(ProbeMode.BATCH, "batch: gradients of the step's own batch; exact: their expectation")
     rare: str | None = option(None, "the rare task r whose input subspace is probed (default: the least frequent)")
     cosines: CosineSet = option(CosineSet.ALL, "all: K x K cosines; frequent_rare: among F and r only (cheaper)")
+    save_encoder: bool = option(False, "write every cell's final encoder W to DIR/encoder.pt")
 
 
 @dataclass
@@ -176,6 +179,8 @@ def _train_and_measure(cfg: InterferenceConfig, out: Path, progress: bool) -> tu
                          "eval_generators": [gen.get_state() for gen in evaluator.generators]}
                 with runs.atomic_path(ckpt) as tmp:
                     torch.save(state, tmp)
+    if cfg.interference.save_encoder:  # the encoder the last row was measured on
+        save_encoders(student, out / "encoder.pt", step=T)
     first = {(s, w): v for st, s, w, v in zip(table["step"], table["seed"], table["width"], table["frequent_norm"])
              if st == 0}
     table["frequent_norm_ratio"] = [v / first[(s, w)] if first[(s, w)] > 0 else float("nan")
@@ -301,10 +306,12 @@ def interference_sections(run_dir: Path) -> list[Any]:
     text = (f"Per-task gradients of the shared encoder ({s['mode']} probe: "
             f"{'the training step’s own batch' if s['mode'] == 'batch' else 'their expectation over x'}), "
             f"step {s['step']}, mean over seeds {cfg.sweep.seeds}. F = {{{', '.join(s['frequent_set'])}}}, rare task "
-            f"r = {s['rare']}. A width that has captured its frequent tasks receives a small common-task gradient "
-            f"G_F (Thm 4: ||G_F|| <= 2 sqrt(lambda_1(M_F) delta_F)), so little of it moves the encoder along the rare "
-            f"task's directions B_r. An isotropic gradient would put sqrt(r_r/d) = {s['projection_baseline']:.3g} of "
-            f"its norm there.")
+            f"r = {s['rare']}. ||G_F|| is the raw encoder gradient of the frequent tasks with the current "
+            f"decoders; Thm 4's 2 sqrt(lambda_1(M_F) delta_F) does not bound it (that bound is for the gradient on "
+            f"the subspace at optimal decoders), and it depends on the encoder's scale: W -> cW, D -> D/c leaves "
+            f"every prediction unchanged and divides it by c. Its share along the rare task's directions B_r, "
+            f"||G_F B_r|| / ||G_F||, and the cosines are scale-free; an isotropic gradient would put sqrt(r_r/d) = "
+            f"{s['projection_baseline']:.3g} of its norm there.")
     return [Section("Gradient interference on the shared encoder", text, figures=[run_dir / "interference.png",
                                                                                    run_dir / "cosines.png"],
                     table=rows)]

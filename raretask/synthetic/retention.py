@@ -21,25 +21,32 @@ gap then ends right before an injection, and under burst every G sees the same f
 
 Measurements (exact, from the encoder's projector P_W as in train.Evaluator; s~ = (s - N/d) / (1 - N/d)), on
 `eval.cycles` cycles per gap spread evenly over training (every cycle when 0):
-  trace    s_r(t), s~_r(t), the frequent set's s~_F(t) (s_F = Tr(P_W M_F) / Tr(M_F), M_F = sum_{k in F} pi_k C_k,
-           F from the frequencies with pi_r replaced) and the rare samples seen so far: at the start of the cycle
-           (`pre`, before its first batch), right after that batch (`post`), at `eval.between` evenly spaced points
-           inside, and at the end of training.
+  trace    s_r(t), s~_r(t), the frequent set's s_F(t) and s~_F(t) (s_F = Tr(P_W M_F) / Tr(M_F), M_F = sum_{k in F}
+           pi_k C_k, F from the frequencies with pi_r replaced) and the rare samples seen so far: at the start of the
+           cycle (`pre`, before its first batch), right after that batch (`post`), at `eval.between` evenly spaced
+           points inside, and at the end of training.
   cycles   with Adam an injection's update lands over ~1/(1 - beta_1) = 10 steps, so the cycle's peak is the highest
            s_r measured inside it (post or between). gain_c = s~(peak_c) - s~(pre_c), the rise after the injection;
-           decay_c = s~(peak_c) - s~(pre_{c+1}), what is lost before the next one.
+           decay_c = s~(peak_c) - s~(pre_{c+1}), what is lost before the next one; gain_raw, decay_raw: the same on s_r.
   fit      retention per cycle a = least-squares slope through the origin of s_r(pre_{c+1}) on s_r(peak_c) over the
            cycles after `eval.fit_from` of training, on raw s_r, whose fully forgotten state is 0 (the rare
            directions rotated out of span(W)). Decay per cycle delta = 1 - a: the fraction of the signal held after an
            injection that is gone by the next one (~1: update-and-forget; ~0: kept). Rate per step
            kappa = -ln(a) / G: the exponential decay that loses as much over one gap (Example 7: e^{-2 eta G}).
-  final    s~_r, s~_F and the fit of every cell after train.steps.
+  final    s_r, s~_r, s_F, s~_F and the fit of every cell after train.steps.
   cosines  cos(G_r, G_F) per cell: the encoder gradients of the batch loss on a fresh rare-only batch and on a fresh
            frequent-set batch (`eval.grad_batch` samples each, from their own per-seed generators) at the start of
            every measured cycle and at the end.
 
+Across widths compare raw s_r, the share of r's variance inside span(W): s~ subtracts the chance level N/d of a
+random subspace, but a trained encoder is not random, and one that holds nothing of r has s_r = 0, so
+s~_r = -N/(d - N), lower the wider it is: s~ can reverse a width ordering among cells that hold little of r. At one
+width s~ is an increasing affine function of s_r, so orderings across gaps agree.
+
 Writes DIR/{trace,cycles,cosines,final}.parquet, DIR/retention_{traces,final,decay,cosine}.png and per gap
-DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet marks it finished).
+DIR/groups/gap=<G>/ (its tables; checkpoint.pt while it trains; final.parquet marks it finished; with
+`eval.save_encoders`, encoders/step=<t>.pt: every cell's W at each measured cycle start and at the end, see
+save_encoders).
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ class RetentionEvalConfig(Config):
     grad_batch: int = option(512, "samples in each fresh batch whose encoder gradients G_r, G_F are compared")
     frequent_mass: float = option(0.8, "F = smallest top-frequency set with at least this mass (pi_r replaced)")
     fit_from: float = option(0.5, "the decay fit uses the cycles after this fraction of training")
+    save_encoders: bool = option(False, "write every cell's encoder W at each measured cycle start (and the end) to "
+                                        "DIR/groups/gap=<G>/encoders/step=<t>.pt")
 
 
 @dataclass
@@ -357,6 +366,8 @@ def train_gap(cfg: RetentionConfig, gap: int, gdir: Path, progress: Any = None) 
         s_r, s_F = probe.signals(student)
         cos = probe.cosines(student) if t in starts else None
         records[t] = (s_r, s_F, seen.copy(), cos)
+        if cfg.eval.save_encoders and t in starts:
+            save_encoders(student, gdir / "encoders" / f"step={t:07d}.pt", step=t, gap=gap)
 
     if step == 0:
         record(0)
@@ -383,6 +394,17 @@ def train_gap(cfg: RetentionConfig, gap: int, gdir: Path, progress: Any = None) 
     return tables
 
 
+def save_encoders(student: SweepStudent, path: Path, **meta: Any) -> Path:
+    """Write every cell's encoder W (N, d), as trained (its dtype), to `path` atomically (a temporary name, then one
+    rename: a killed run never leaves a partial file): {**meta, "seeds", "widths", "encoders": [seed][width] W}, a
+    plain structure torch.load(..., weights_only=True) reads, so a run's later steps can be checked from outside."""
+    S, C = student.num_cells
+    cells = [[student.cell(s, c)[0].cpu().clone() for c in range(C)] for s in range(S)]
+    with runs.atomic_path(path) as tmp:
+        torch.save({**meta, "seeds": list(student.seeds), "widths": list(student.widths), "encoders": cells}, tmp)
+    return path
+
+
 def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: int, steps: int, widths: list[int],
                seeds: list[int], dim: int, fit_from: float) -> dict[str, Any]:
     """Column tables trace / cycles / cosines / final of one gap from the records {step: (s_r, s_F, rare seen,
@@ -401,7 +423,7 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         for s, c in cells:
             _append(trace, gap=gap, seed=seeds[s], width=widths[c], step=t, cycle=t // gap, phase=plan[t],
                     rare_seen=int(seen[s]), signal_rare=float(s_r[s, c]), signal_rare_corrected=float(sc[s, c]),
-                    signal_frequent_corrected=float(fc[s, c]))
+                    signal_frequent_corrected=float(fc[s, c]), signal_frequent=float(s_F[s, c]))
             if cs is not None:
                 _append(cos, gap=gap, seed=seeds[s], width=widths[c], step=t, cosine=float(cs[s, c]))
     cycles: dict[str, list] = {}
@@ -415,7 +437,8 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         for s, k in cells:
             _append(cycles, gap=gap, seed=seeds[s], width=widths[k], cycle=c, step=c * gap, rare_samples=int(rare[s]),
                     signal_pre=float(pre[s, k]), signal_peak=float(peak[s, k]), signal_next=float(nxt[s, k]),
-                    gain=float(gain[s, k]), decay=float(decay[s, k]))
+                    gain=float(gain[s, k]), decay=float(decay[s, k]), gain_raw=float(peak[s, k] - pre[s, k]),
+                    decay_raw=float(peak[s, k] - nxt[s, k]))
     fitted = [c for c in measured if c >= fit_from * (steps // gap)]
     s_r, s_F, seen, _ = records[steps]
     final: dict[str, list] = {}
@@ -423,12 +446,14 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
         peak = np.array([peak_of[k][s, c] for k in fitted])
         nxt = np.array([records[(k + 1) * gap][0][s, c] for k in fitted])
         gains = [corr(peak_of[k])[s, c] - corr(records[k * gap][0])[s, c] for k in fitted]
+        raw_gains = [peak_of[k][s, c] - records[k * gap][0][s, c] for k in fitted]
         a, delta, kappa = fit_decay(peak, nxt, gap)
         _append(final, gap=gap, seed=seeds[s], width=widths[c], step=steps, rare_seen=int(seen[s]),
                 signal_rare=float(s_r[s, c]), signal_rare_corrected=float(corr(s_r)[s, c]),
                 signal_frequent_corrected=float(corr(s_F)[s, c]), retention_per_cycle=a, decay_per_cycle=delta,
                 decay_rate_per_step=kappa, mean_gain=float(np.mean(gains)) if gains else math.nan,
-                cycles_fitted=len(fitted))
+                cycles_fitted=len(fitted), signal_frequent=float(s_F[s, c]),
+                mean_gain_raw=float(np.mean(raw_gains)) if raw_gains else math.nan)
     return {"trace": trace, "cycles": cycles, "cosines": cos, "final": final}
 
 
@@ -465,10 +490,11 @@ class RetentionResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The `--json` object: per gap (rows) and width (columns), means over seeds, and per seed."""
+        """The `--json` object: per gap (rows) and width (columns), means over seeds, and per seed. final_signal_rare
+        is s~_r, final_signal_rare_raw s_r (the one to compare widths on)."""
         s, inj = self.config.sweep, self.config.injection
         keys = {"final_signal_rare": "signal_rare_corrected", "decay_per_cycle": "decay_per_cycle",
-                "final_signal_frequent": "signal_frequent_corrected"}
+                "final_signal_frequent": "signal_frequent_corrected", "final_signal_rare_raw": "signal_rare"}
 
         def clean(a: np.ndarray) -> Any:
             return [clean(x) for x in a] if np.ndim(a) else (float(a) if np.isfinite(a) else None)

@@ -30,17 +30,20 @@ def _one_thread():
 
 
 def test_reduced_preset_shows_update_and_forget(cli, tmp_path):
-    """For every seed: final s~_r rises with width at every G and falls with G at every width (strictly), the
-    decay per cycle falls with width, and the frequent tasks' s~_F barely moves with G."""
+    """For every seed: the final share of the rare task's variance the encoder holds, raw s_r, rises with width at
+    every G, and s~_r falls with G at every width (strictly); the decay per cycle falls with width, and the frequent
+    tasks' s~_F barely moves with G. Widths are compared on raw s_r: s~ of a cell holding nothing of r is -N/(d - N),
+    lower the wider it is (at one width s~ and s_r order the gaps alike)."""
     out = tmp_path / "o"
     s = summary(cli("synth", "retention", PRESET, "--out", out, "--json", "--no-progress"))
     assert s["rare"] == "rare" and s["gaps"] == [4, 12, 36] and s["widths"] == [8, 16, 24, 32]
     per = {k: np.array(v, dtype=float) for k, v in s["per_seed"].items()}  # (S, G, W)
     for i, seed in enumerate(s["seeds"]):
         rare, decay, freq = per["final_signal_rare"][i], per["decay_per_cycle"][i], per["final_signal_frequent"][i]
-        assert np.all(np.diff(rare, axis=1) > 0), (seed, rare)  # wider keeps more, at every G
+        raw = per["final_signal_rare_raw"][i]
+        assert np.all(np.diff(raw, axis=1) > 0), (seed, raw)  # wider holds more of r, at every G
         assert np.all(np.diff(rare, axis=0) < 0), (seed, rare)  # longer gaps lose more, at every width
-        assert rare[0, -1] - rare[-1, 0] > 0.5, (seed, rare)
+        assert raw[0, -1] - raw[-1, 0] > 0.5, (seed, raw)
         assert np.all(np.diff(decay, axis=1) <= DECAY_TOL), (seed, decay)
         assert decay[-1, 0] - decay[-1, -1] > 0.3, (seed, decay)  # at the longest gap: forget vs keep
         assert np.all(freq.max(0) - freq.min(0) <= FREQUENT_TOL), (seed, freq)
@@ -48,6 +51,9 @@ def test_reduced_preset_shows_update_and_forget(cli, tmp_path):
     np.testing.assert_allclose(s["final_signal_rare"], per["final_signal_rare"].mean(0), atol=1e-12)
 
     final = pq.read_table(out / "final.parquet").to_pydict()
+    chance = np.array(final["width"]) / 256
+    np.testing.assert_allclose(final["signal_rare_corrected"],  # an identity: s~ is s rescaled per width
+                               (np.array(final["signal_rare"]) - chance) / (1 - chance), atol=1e-12)
     assert set(final["rare_seen"]) == {2580}  # the matched rate: floor(2016 * 128 * 0.01) for every G and seed
     cycles = pq.read_table(out / "cycles.parquet").to_pydict()
     assert {m for g, m in zip(cycles["gap"], cycles["rare_samples"]) if g == 36} == {46, 47}  # carry rule

@@ -92,6 +92,34 @@ def test_interference_run_tables_report_and_exact_resume(cli, tmp_path, mixture,
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()
 
 
+def test_interference_saves_the_final_encoder_it_measured(cli, tmp_path, mixture):
+    """interference.save_encoder writes every cell's final W to DIR/encoder.pt; the rare signal and the residual
+    recomputed from it are the last logged ones, and saving changes no table."""
+    import torch
+
+    from raretask import theory
+    from raretask.config import load_config
+    from raretask.synthetic.interference import InterferenceConfig
+
+    assert cli("synth", "interference", mixture, "--out", tmp_path / "off", "--no-progress").exit_code == 0
+    assert not (tmp_path / "off" / "encoder.pt").exists()
+    on = ["interference.save_encoder=true"]
+    assert cli("synth", "interference", mixture, *on, "--out", tmp_path / "on", "--no-progress").exit_code == 0
+    table = pq.read_table(tmp_path / "on" / "interference.parquet").to_pydict()
+    assert table == pq.read_table(tmp_path / "off" / "interference.parquet").to_pydict()
+    saved = torch.load(tmp_path / "on" / "encoder.pt", weights_only=True)
+    assert (saved["step"], saved["seeds"], saved["widths"]) == (80, [0, 1], [1, 2, 6])
+    mix, F, r = load_config(InterferenceConfig, mixture, on).probe()
+    M_F = mix.mixture_covariance(F)
+    for s, seed in enumerate(saved["seeds"]):
+        for c, width in enumerate(saved["widths"]):
+            U = theory.row_space_basis(saved["encoders"][s][c].double().numpy())
+            (i,) = [i for i, (st, sd, w) in enumerate(zip(table["step"], table["seed"], table["width"]))
+                    if (st, sd, w) == (80, seed, width)]
+            assert table["rare_signal"][i] == pytest.approx(theory.signal(mix.covariance(r), U), rel=1e-9)
+            assert table["residual"][i] == pytest.approx(theory.residual(M_F, U), rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("command, overrides, message", [
     ("toy", ["frequency=1.5"], "error: frequency: must be in (0.5, 1)"),
     ("toy", ["competition.widths=[1,1]"], "error: competition.widths: need distinct widths"),

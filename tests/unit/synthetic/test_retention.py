@@ -10,6 +10,7 @@ import torch
 
 from raretask.config import ConfigError
 from raretask.synthetic.mixture import TaskStream
+from raretask.synthetic.model import SweepStudent
 from raretask.synthetic.retention import (InjectionSchedule, RareSchedule, RetentionConfig, RetentionProbe,
                                           eval_plan, fit_decay, frequent_tasks, gap_tables, matched_frequencies,
                                           measured_cycles, rare_task)
@@ -164,6 +165,7 @@ def test_rare_task_choices(cfg):
     (["sweep.widths=[2,24]"], "sweep.widths: width 24 must be < mixture.dim = 24"),
     (["eval.fit_from=1.0"], "eval.fit_from: must be in [0, 1)"),
     (["injection.rate=0.9", "eval.frequent_mass=0.5"], "eval.frequent_mass: the frequent set is empty"),
+    (["eval.save_encoders=maybe"], "eval.save_encoders: expected true or false"),
 ])
 def test_bad_config_is_one_line_naming_the_field(cfg, overrides, field):
     with pytest.raises(ConfigError) as e:
@@ -257,3 +259,66 @@ def test_sparse_measurement_keeps_only_the_measured_cycles(cfg, tmp_path):
     assert sorted(set(tb["cycles"]["cycle"])) == [0, 12]
     assert tb["final"]["cycles_fitted"] == [1] and tb["final"]["rare_seen"] == [48 * 32 // 16]
     assert set(tb["trace"]["step"]) == {0, 1, 2, 24, 25, 26, 48}
+
+
+def test_corrected_signal_reverses_widths_that_hold_the_same_of_the_rare_task(cfg):
+    """Two widths whose encoders hold the same rare directions have the same raw s_r but different s~_r: holding
+    none, s~_r = -N/(d - N) falls as N grows (the 'wider holds less' artifact); holding r's top direction, s~_r is
+    lower at the wider one too. The tables carry raw s_r beside s~_r for that reason."""
+    c = cfg()
+    mix, r = c.mixture.build(), 2
+    pi = matched_frequencies(mix, r, c.injection.rate)
+    F = frequent_tasks(mix, r, c.injection.rate, 0.8)
+    student = SweepStudent(mix.dim, mix.ranks, [3, 6], [0], dtype=torch.float64)
+    frequent = np.concatenate([mix.bases[k] for k in F], axis=1).T  # (7, d) orthonormal rows, orthogonal to B_r
+    probe = RetentionProbe(mix, r, F, pi, [0], CPU, 4)
+    for rare_rows in (0, 1):  # hold none of r, then r's top direction
+        rows = [mix.bases[r][:, 0]] * rare_rows
+        with torch.no_grad():
+            for k, n in enumerate(student.widths):
+                W = np.stack(rows + list(frequent[:n - rare_rows]))
+                student.encoder[0, student.starts[k]:student.starts[k] + n] = torch.as_tensor(W)
+        s_r, s_F = probe.signals(student)
+        records = {t: (s_r, s_F, np.zeros(1, dtype=np.int64), None) for t in (0, 1)}
+        final = gap_tables(records, {0: "pre", 1: "end"}, [0], 1, 1, [3, 6], [0], mix.dim, 0.0)["final"]
+        share = rare_rows * mix.eigenvalues[r][0] / mix.traces[r]
+        assert final["signal_rare"] == pytest.approx([share, share], abs=1e-12)  # raw: the same
+        expected = [(share - n / mix.dim) / (1 - n / mix.dim) for n in (3, 6)]
+        assert final["signal_rare_corrected"] == pytest.approx(expected, abs=1e-12)
+        assert final["signal_rare_corrected"][1] < final["signal_rare_corrected"][0]  # s~: the wider holds "less"
+        if rare_rows == 0:
+            assert final["signal_rare_corrected"] == pytest.approx([-3 / 21, -6 / 18])  # -N/(d - N), d = 24
+
+
+def test_saved_encoders_are_the_run_s_encoders_at_cycle_starts(cfg, tmp_path):
+    """eval.save_encoders writes every cell's W at each measured cycle start and at the end: the same tensor as
+    rerunning the training to that step, its rare signal is the logged one, and saving changes no table."""
+    from raretask import theory
+    from raretask.synthetic.retention import train_gap
+
+    c = cfg("eval.save_encoders=true", "eval.cycles=3", "sweep.gaps=[8]")
+    on = train_gap(c, 8, tmp_path / "on")
+    off = train_gap(cfg("eval.cycles=3", "sweep.gaps=[8]"), 8, tmp_path / "off")
+    assert {k: v for k, v in on.items() if k != "wall_time_s"} == {k: v for k, v in off.items() if k != "wall_time_s"}
+    assert not (tmp_path / "off" / "encoders").exists()
+    starts = [0, 16, 32, 48]  # 6 cycles, every second measured, and the end
+    assert sorted(p.name for p in (tmp_path / "on" / "encoders").iterdir()) == [f"step={t:07d}.pt" for t in starts]
+
+    mix, r = c.mixture.build(), 2
+    trainer = SweepTrainer(c.synth_config())
+    schedule = InjectionSchedule(mix.frequencies, r, c.injection.rate, c.injection.schedule, 8, 32, c.sweep.seeds)
+    trace = on["trace"]
+    for step in range(49):
+        if step in starts:
+            saved = torch.load(tmp_path / "on" / "encoders" / f"step={step:07d}.pt", weights_only=True)
+            assert (saved["step"], saved["gap"], saved["seeds"], saved["widths"]) == (step, 8, [0, 3], [2, 5])
+            for s, seed in enumerate(c.sweep.seeds):
+                for k, n in enumerate(c.sweep.widths):
+                    W = saved["encoders"][s][k]
+                    assert torch.equal(W, trainer.student.cell(s, k)[0])  # the rerun reaches the same encoder
+                    U = theory.row_space_basis(W.double().numpy())
+                    logged = [v for t, sd, w, v in zip(trace["step"], trace["seed"], trace["width"],
+                                                       trace["signal_rare"]) if (t, sd, w) == (step, seed, n)]
+                    assert logged == [pytest.approx(theory.signal(mix.covariance(r), U), rel=1e-9)]
+        if step < 48:
+            trainer.step(schedule.counts(step))
