@@ -41,16 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from raretask.synthetic.mixture import Mixture, grouped_matmul
-from raretask.synthetic.model import CellStudent, SweepStudent
+from raretask.grouped import grouped_matmul
 
-Student = SweepStudent | CellStudent
+# The students are raretask.synthetic.model's SweepStudent (every cell: encoder (S, rows, d)) and CellStudent (one
+# seed of one width: encoder (N, d)); this layer reads their tensors and imports nothing of the synthetic lab.
+Student = Any
 GATHER_ELEMENTS = 1e6  # up to this many gathered decoder entries, hidden_gradients gathers per example
 GATHER_ELEMENTS_CUDA = 2.5e8  # on a GPU (1 GB): 3 kernels instead of a grouped matmul per cell
 BLOCK_DIAGONAL_FLOPS = 2e7  # below this, hidden_gradients uses one block-diagonal product (~1 ms on a CPU)
 
 
 # -------------------------------------------------------------------------------------- per-task gradients
+
+
+def one_cell(student: Student) -> bool:
+    """A CellStudent (one seed of one width, encoder (N, d)) rather than a SweepStudent (encoder (S, rows, d))?"""
+    return student.encoder.dim() == 2
 
 
 def segment_outer(delta: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -83,7 +89,7 @@ def hidden_gradients(student: Student, grad_pred: torch.Tensor, offsets: torch.T
     size, 3x slower at the paper's); a large one, one grouped matmul per cell. `group`: `row_groups(offsets, rows)`,
     if the caller has it."""
     D = student.decoder.detach()
-    if isinstance(student, CellStudent):
+    if one_cell(student):
         if D.shape[1] * grad_pred.numel() <= GATHER_ELEMENTS:
             group = row_groups(offsets, grad_pred.shape[0]) if group is None else group
             return torch.einsum("bnr,br->bn", D[group], grad_pred)
@@ -115,14 +121,14 @@ def task_gradients(student: Student, x: torch.Tensor, grad_pred: torch.Tensor, o
     [starts[c], starts[c] + widths[c]), i.e. (S, K, N_c, d) per cell. CellStudent: x (B, d) -> (K, N, d)."""
     delta = hidden_gradients(student, grad_pred, offsets)
     g = segment_outer(delta, x.reshape(-1, x.shape[-1]), offsets)  # (S*K, rows, d): group (s, k), seed s rows
-    if isinstance(student, CellStudent):
+    if one_cell(student):
         return g
     return g.view(len(student.seeds), len(student.ranks), *g.shape[1:])
 
 
 def batch_loss(student: Student, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The training objective of one batch: the sum of the cells' mean squared errors (summed over outputs)."""
-    if isinstance(student, CellStudent):
+    if one_cell(student):
         return (pred - y).square().sum(-1).mean()
     return student.cell_losses(pred, y, pred.shape[0] // len(student.seeds)).sum()
 
@@ -138,13 +144,13 @@ def per_task_gradients(student: Student, x: torch.Tensor, y: torch.Tensor, offse
         return task_gradients(student, x, grad_pred, offsets)
 
 
-def exact_task_gradients(student: Student, mixture: Mixture) -> torch.Tensor:
+def exact_task_gradients(student: Student, mixture: Any) -> torch.Tensor:  # mixture: a built Mixture
     """E_x of `per_task_gradients` for x ~ N(0, I): pi_k grad_W l_k = 2 pi_k D_k (D_k^T W - A_k), label noise
     adding nothing. Shapes as `task_gradients`; computed in the encoder's dtype."""
     W, D = student.encoder.detach(), student.decoder.detach()
     A = torch.as_tensor(mixture.teachers(), dtype=W.dtype, device=W.device)  # (K, r, d)
     pi = torch.as_tensor(mixture.frequencies, dtype=W.dtype, device=W.device)
-    if isinstance(student, CellStudent):
+    if one_cell(student):
         E = torch.einsum("knr,nd->krd", D, W) - A  # (K, r, d): student map minus teacher
         return 2 * pi[:, None, None] * torch.einsum("knr,krd->knd", D, E)
     S, K, rows, _ = D.shape
@@ -180,7 +186,7 @@ class GradientStats:
 
 def _layout(student: Student) -> tuple[int, torch.Tensor, list[int], list[int]]:
     """(S, row_cell (rows, C) one-hot, cell starts, cell widths); a CellStudent is one seed of one cell."""
-    if isinstance(student, CellStudent):
+    if one_cell(student):
         N = student.encoder.shape[0]
         return 1, student.encoder.new_ones(N, 1).detach(), [0], [N]
     return len(student.seeds), student.row_cell, list(student.starts), list(student.widths)
@@ -433,7 +439,7 @@ class GradientTap:
         group = row_groups(offsets, grad_pred.shape[0])
         delta = hidden_gradients(self.student, grad_pred, offsets, group)
         if self._split is None:
-            S = 1 if isinstance(self.student, CellStudent) else len(self.student.seeds)
+            S = 1 if one_cell(self.student) else len(self.student.seeds)
             self._split = choose_split(_counts(offsets, S), self.targets.tasks, delta.shape[-1], x.shape[-1],
                                        op_cost(x.device))
         self.stats, total = batch_stats(self.student, x, delta, offsets, self.targets, total=True, split=self._split,

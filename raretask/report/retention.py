@@ -1,17 +1,16 @@
-"""Figures (Fig. 4 / 20) and the report section of a `raretask synth retention` run (raretask.synthetic.retention)."""
+"""Figures (Fig. 4 / 20) and the report section of a `raretask synth retention` run (raretask.synthetic.retention),
+drawn from the run directory alone."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from raretask import runs
-from raretask.config import ConfigError, load_config
-from raretask.synthetic.retention import (TABLES, RareSchedule, RetentionConfig, RetentionResult, _quiet, frequent_tasks,
-                                         rare_task)
+from raretask.report.html import Section
+from raretask.report.plotting import pyplot, save_figure
+from raretask.synthetic.retention import RareSchedule, RetentionResult, frequent_tasks, quiet, rare_task, read_retention
 
 
 def _rows_by(table: dict[str, list], keys: tuple[str, ...]) -> dict[tuple, list[int]]:
@@ -21,12 +20,11 @@ def _rows_by(table: dict[str, list], keys: tuple[str, ...]) -> dict[tuple, list[
     return out
 
 
-def retention_figures(result: RetentionResult) -> list[Path]:
+def figures(run_dir: Path) -> list[Path]:
     """Fig. 4 / 20: s~_r and raw s_r traces with injection ticks and per-cycle gain / decay for every (G, N); the
     final raw s_r and s~_r heat maps over G x N; decay per cycle vs width; cos(G_r, G_F) over training."""
-    from raretask.report.plotting import pyplot as _plt, save_figure as _save
-
-    plt, out, cfg = _plt(), result.out, result.config
+    result = read_retention(run_dir)
+    plt, out, cfg = pyplot(), result.out, result.config
     gaps, widths, seeds = cfg.sweep.gaps, cfg.sweep.widths, cfg.sweep.seeds
     tr, cy = result.tables["trace"], result.tables["cycles"]
     trace_rows, cycle_rows = _rows_by(tr, ("gap", "width", "seed")), _rows_by(cy, ("gap", "width", "step"))
@@ -59,7 +57,7 @@ def retention_figures(result: RetentionResult) -> list[Path]:
             twin.legend(fontsize=6, loc="center left")
     fig.supxlabel("step")
     fig.supylabel("signal (left); change of s~_r per cycle (right)")
-    paths = [_save(fig, out / "retention_traces.png")]
+    paths = [save_figure(fig, out / "retention_traces.png")]
 
     # raw s_r (compare widths on it) beside s~_r, whose zero-holding value -N/(d - N) falls with N
     fins = [(result.grid("signal_rare").mean(0), "final s_r, raw"), (result.grid("signal_rare_corrected").mean(0),
@@ -77,17 +75,17 @@ def retention_figures(result: RetentionResult) -> list[Path]:
         ax.set_xlabel("width N")
     axes[0, 0].set_ylabel("gap G")
     fig.colorbar(im, ax=axes[0].tolist())
-    paths.append(_save(fig, out / "retention_final.png"))
+    paths.append(save_figure(fig, out / "retention_final.png"))
 
     dec = result.grid("decay_per_cycle")  # (S, G, W)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for i, G in enumerate(gaps):
-        mean, lo, hi = (_quiet(fn, dec[:, i]) for fn in (np.nanmean, np.nanmin, np.nanmax))
+        mean, lo, hi = (quiet(fn, dec[:, i]) for fn in (np.nanmean, np.nanmin, np.nanmax))
         ax.errorbar(widths, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=2, label=f"G={G}")
     ax.set_xlabel("width N")
     ax.set_ylabel("decay per cycle  1 - a")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out / "retention_decay.png"))
+    paths.append(save_figure(fig, out / "retention_decay.png"))
 
     cos = result.tables["cosines"]
     fig, axes = plt.subplots(1, len(gaps), figsize=(3.0 * len(gaps), 2.6), squeeze=False, sharey=True)
@@ -101,31 +99,25 @@ def retention_figures(result: RetentionResult) -> list[Path]:
         axes[0, i].axhline(0, color="k", lw=0.4)
     axes[0, 0].set_ylabel("cos(G_r, G_F), mean over seeds")
     axes[0, -1].legend(fontsize=6)
-    paths.append(_save(fig, out / "retention_cosine.png"))
+    paths.append(save_figure(fig, out / "retention_cosine.png"))
     return paths
 
 
 def _grid_table(result: RetentionResult, key: str) -> list[list[str]]:
     g, s = result.grid(key), result.config.sweep
-    mean, lo, hi = (_quiet(fn, g) for fn in (np.nanmean, np.nanmin, np.nanmax))
+    mean, lo, hi = (quiet(fn, g) for fn in (np.nanmean, np.nanmin, np.nanmax))
     return [["gap G"] + [f"N={n}" for n in s.widths]] + [
         [str(G)] + [f"{mean[i, j]:.3f} [{lo[i, j]:.3f}, {hi[i, j]:.3f}]" for j in range(len(s.widths))]
         for i, G in enumerate(s.gaps)]
 
 
-def retention_sections(run_dir: Path) -> list[Any]:
+def sections(run_dir: Path) -> list[Section]:
     """Report sections of a finished `synth retention` run directory."""
-    from raretask.report.html import Section
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "final.parquet").is_file():
-        raise ConfigError(f"{run_dir}: no final.parquet (is the run finished?)")
-    cfg = load_config(RetentionConfig, run_dir / "config.toml")
+    result = read_retention(run_dir)
+    run_dir, cfg = Path(run_dir), result.config
     mixture = cfg.mixture.build()
     r = rare_task(mixture, cfg.injection.rare)
     F = frequent_tasks(mixture, r, cfg.injection.rate, cfg.eval.frequent_mass)
-    result = RetentionResult(out=run_dir, config=cfg, rare=mixture.names[r],
-                             tables={name: runs.read_table(run_dir / f"{name}.parquet") for name in TABLES})
     inj, B = cfg.injection, cfg.train.batch_size
     how = {RareSchedule.BURST: f"withheld for G steps, then m = G B rho_r = G x {B * inj.rate:.4g} of its samples "
                                f"in one batch of B = {B}",
@@ -165,9 +157,3 @@ def retention_sections(run_dir: Path) -> list[Any]:
     ]
 
 
-def figures(run_dir: Path) -> list[Path]:
-    return sorted(Path(run_dir).glob("*.png"))
-
-
-def sections(run_dir: Path) -> list[Any]:
-    return retention_sections(run_dir)

@@ -10,10 +10,9 @@ DIR/encoder.pt: every cell's final W, see retention.save_encoders), and adds a r
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +21,11 @@ from raretask import runs
 from raretask.analysis.interference import (GradientTap, Targets, exact_task_gradients, gradient_stats,
                                             interference_metrics, per_task_stats)
 from raretask.config import Config, ConfigError, StrEnum, option
+from raretask.devices import resolve_device
+from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture
 from raretask.synthetic.retention import save_encoders
-from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig, resolve_device
+from raretask.synthetic.train import Evaluator, SweepTrainer, SynthConfig
 
 
 # ------------------------------------------------------------------------------------------------------- config
@@ -95,7 +96,7 @@ class InterferenceResult:
         final = []
         for n in self.config.sweep.widths:
             rows = [i for i, (s, w) in enumerate(zip(self.table["step"], self.table["width"])) if s == last and w == n]
-            final.append({"width": n, **{k: _nanmean([self.table[k][i] for i in rows]) for k in FINAL_KEYS}})
+            final.append({"width": n, **{k: nan_mean([self.table[k][i] for i in rows]) for k in FINAL_KEYS}})
         return {"out": str(self.out), "mode": str(self.config.interference.mode), "rare": mix.names[r],
                 "frequent_set": [mix.names[k] for k in F], "step": last,
                 "projection_baseline": projection_baseline(mix, r), "final": final}
@@ -113,7 +114,7 @@ def projection_baseline(mix: Mixture, r: int) -> float:
 def run_interference(cfg: InterferenceConfig, out: Path, *, progress: bool = True,
                      overwrite: bool = False) -> InterferenceResult:
     """Train cfg's sweep (SweepTrainer: the same updates as `synth run`) and measure per-task gradient interference
-    at step 0, every eval.every steps and at the end; tables, figures. Resumes from its checkpoint; a finished run
+    at step 0, every eval.every steps and at the end; its tables. Resumes from its checkpoint; a finished run
     is read back."""
     out = Path(out)
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
@@ -126,7 +127,6 @@ def run_interference(cfg: InterferenceConfig, out: Path, *, progress: bool = Tru
     table, cosines = _train_and_measure(cfg, out, progress)
     result = InterferenceResult(out, cfg, table, cosines)
     runs.write_table(out / "cosines.parquet", cosines)
-    draw_figures(result)
     runs.write_table(out / "interference.parquet", table)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     meta.finish(summary=result.summary())
@@ -149,8 +149,7 @@ def _train_and_measure(cfg: InterferenceConfig, out: Path, progress: bool) -> tu
         trainer.load_state_dict(state["trainer"])
         for gen, s in zip(evaluator.generators, state["eval_generators"]):
             gen.set_state(s)
-    bar = _progress() if progress else None
-    with bar or _null():
+    with progress_bar(eta=False, enabled=progress) as bar:
         task = bar.add_task("interference", total=T, completed=step) if bar else None
         while True:
             stepped = False
@@ -206,112 +205,18 @@ def _append(table: dict[str, list], cosines: dict[str, list], step: int, m: dict
         cosines.setdefault(k, []).extend(v)
 
 
-def _nanmean(values: list[float]) -> float | None:
+def nan_mean(values: list[float]) -> float | None:
     v = np.asarray(values, float)
     return float(np.nanmean(v)) if np.isfinite(v).any() else None
 
 
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                    TimeElapsedColumn(), console=Console(stderr=True))
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield None
-
-
-# ---------------------------------------------------------------------------------------------- figures, report
-
-
-def _by_width(table: dict[str, list], key: str, widths: list[int]) -> tuple[list[int], np.ndarray]:
-    """(steps, (widths, steps) mean over seeds of table[key], NaN-aware)."""
-    steps = sorted(set(table["step"]))
-    acc = {(w, s): [] for w in widths for s in steps}
-    for w, s, v in zip(table["width"], table["step"], table[key]):
-        acc[(w, s)].append(v)
-    return steps, np.array([[_nanmean(acc[(w, s)]) or np.nan for s in steps] for w in widths], float)
-
-
-def draw_figures(result: InterferenceResult) -> list[Path]:
-    """interference.png (the metrics over training, one line per width) and cosines.png (final K x K cosines of the
-    narrowest and widest cells, mean over seeds)."""
-    from raretask.report.plotting import pyplot as _plt, save_figure as _save
-
-    plt, cfg, out, table = _plt(), result.config, Path(result.out), result.table
-    mix, F, r = cfg.probe()
-    widths = cfg.sweep.widths
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(widths)))
-    panels = [("frequent_norm_ratio", "||G_F|| / ||G_F|| at step 0", True),
-              ("rare_projection", f"||G_F B_r|| / ||G_F||  (r = {mix.names[r]})", False),
-              ("cos_rare_frequent", "cos(g_r, G_F)", False), ("rare_signal", "rare signal s_r", False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    for ax, (key, label, log) in zip(axes, panels):
-        steps, values = _by_width(table, key, widths)
-        for color, n, v in zip(colors, widths, values):
-            ax.plot(steps, v, color=color, lw=1.6, label=f"N={n}")
-        if key == "rare_projection":
-            ax.axhline(projection_baseline(mix, r), color="k", ls=":", lw=1, label="isotropic sqrt(r_r/d)")
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7, handles=axes[1].get_lines()[-1:])
-    fig.suptitle(f"per-task encoder gradients ({cfg.interference.mode} probe), mean over seeds; "
-                 f"F = {{{', '.join(mix.names[k] for k in F)}}}", fontsize=10)
-    fig.tight_layout()
-    paths = [_save(fig, out / "interference.png")]
-
-    cos, last = result.cosines, max(result.cosines["step"])
-    names = list(dict.fromkeys(cos["task"]))
-    ends = sorted({widths[0], widths[-1]})
-    fig, axes = plt.subplots(1, len(ends), figsize=(1.5 + 0.35 * len(names) * len(ends) + 2, 1.2 + 0.35 * len(names)),
-                             squeeze=False)
-    for ax, n in zip(axes[0], ends):
-        acc = np.zeros((len(names), len(names)))
-        cnt = np.zeros_like(acc)
-        for st, w, a, b, v in zip(cos["step"], cos["width"], cos["task"], cos["other"], cos["cosine"]):
-            if st == last and w == n and v is not None and np.isfinite(v):
-                acc[names.index(a), names.index(b)] += v
-                cnt[names.index(a), names.index(b)] += 1
-        im = ax.imshow(np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan), cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(names)), names if n == ends[0] else [], fontsize=7)
-        ax.set_title(f"N = {n}, step {last}", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), label="cos(g_k, g_l)")
-    paths.append(_save(fig, out / "cosines.png"))
-    return paths
-
-
-def interference_sections(run_dir: Path) -> list[Any]:
-    """The report of a finished interference run: the final metrics per width, the two figures."""
+def read_interference(run_dir: Path) -> InterferenceResult:
+    """A finished run, from its directory alone."""
     from raretask.config import load_config
-    from raretask.report.html import Section
 
     run_dir = Path(run_dir)
     if not (run_dir / "interference.parquet").is_file():
         raise ConfigError(f"{run_dir}: no interference.parquet (is the run finished?)")
     cfg = load_config(InterferenceConfig, run_dir / "config.toml")
-    result = InterferenceResult(run_dir, cfg, runs.read_table(run_dir / "interference.parquet"),
-                                runs.read_table(run_dir / "cosines.parquet"))
-    s = result.summary()
-    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-    rows = [["width N", "||G_F||/||G_F||_0", "||G_F B_r||/||G_F||", "cos(g_r, G_F)", "mean cos", "s_r", "delta_F"]]
-    rows += [[str(f["width"])] + [fmt(f[k]) for k in ["frequent_norm_ratio", "rare_projection", "cos_rare_frequent",
-                                                        "mean_cosine", "rare_signal", "residual"]] for f in s["final"]]
-    text = (f"Per-task gradients of the shared encoder ({s['mode']} probe: "
-            f"{'the training step’s own batch' if s['mode'] == 'batch' else 'their expectation over x'}), "
-            f"step {s['step']}, mean over seeds {cfg.sweep.seeds}. F = {{{', '.join(s['frequent_set'])}}}, rare task "
-            f"r = {s['rare']}. ||G_F|| is the raw encoder gradient of the frequent tasks with the current "
-            f"decoders; Thm 4's 2 sqrt(lambda_1(M_F) delta_F) does not bound it (that bound is for the gradient on "
-            f"the subspace at optimal decoders), and it depends on the encoder's scale: W -> cW, D -> D/c leaves "
-            f"every prediction unchanged and divides it by c. Its share along the rare task's directions B_r, "
-            f"||G_F B_r|| / ||G_F||, and the cosines are scale-free; an isotropic gradient would put sqrt(r_r/d) = "
-            f"{s['projection_baseline']:.3g} of its norm there.")
-    return [Section("Gradient interference on the shared encoder", text, figures=[run_dir / "interference.png",
-                                                                                   run_dir / "cosines.png"],
-                    table=rows)]
+    return InterferenceResult(run_dir, cfg, runs.read_table(run_dir / "interference.parquet"),
+                              runs.read_table(run_dir / "cosines.parquet"))

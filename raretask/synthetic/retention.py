@@ -65,10 +65,11 @@ import torch
 
 from raretask import runs, theory
 from raretask.config import Config, ConfigError, StrEnum, option
+from raretask.devices import resolve_device
+from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import SweepStudent
-from raretask.synthetic.train import (EvalConfig, ModelConfig, SweepConfig, SweepTrainer, SynthConfig, TrainConfig,
-                                      _null, _progress, resolve_device)
+from raretask.synthetic.train import EvalConfig, ModelConfig, SweepConfig, SweepTrainer, SynthConfig, TrainConfig
 
 
 class RareSchedule(StrEnum):
@@ -457,7 +458,8 @@ def gap_tables(records: dict, plan: dict[int, str], measured: list[int], gap: in
     return {"trace": trace, "cycles": cycles, "cosines": cos, "final": final}
 
 
-def _quiet(fn: Any, a: Any, axis: int | None = 0) -> Any:
+def quiet(fn: Any, a: Any, axis: int | None = 0) -> Any:
+    """fn(a, axis) with numpy's all-NaN RuntimeWarnings silenced (np.nanmean and friends over cells with no fit)."""
     with warnings.catch_warnings():  # an all-NaN slice (no fitted cycle) is NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         return fn(np.asarray(a, float), axis)
@@ -500,7 +502,7 @@ class RetentionResult:
             return [clean(x) for x in a] if np.ndim(a) else (float(a) if np.isfinite(a) else None)
 
         grids = {name: self.grid(col) for name, col in keys.items()}
-        means = {name: clean(_quiet(np.nanmean, g)) for name, g in grids.items()}
+        means = {name: clean(quiet(np.nanmean, g)) for name, g in grids.items()}
         return {"out": str(self.out), "rare": self.rare, "schedule": str(inj.schedule), "rate": inj.rate,
                 "gaps": s.gaps, "widths": s.widths, "seeds": s.seeds, **means,
                 "per_seed": {name: clean(g) for name, g in grids.items()}}
@@ -508,7 +510,7 @@ class RetentionResult:
 
 def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
                   overwrite: bool = False) -> RetentionResult:
-    """Train every gap of cfg.sweep into `out` (finished gaps read back, an unfinished one resumed), draw figures."""
+    """Train every gap of cfg.sweep into `out` (finished gaps read back, an unfinished one resumed); write tables."""
     cfg.validate()  # before anything is written
     out = Path(out)
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
@@ -520,8 +522,7 @@ def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
                         gaps=cfg.sweep.gaps, rare=rare, device=str(resolve_device(cfg.train.device)),
                         torch_threads=torch.get_num_threads())
     parts = {name: [] for name in TABLES}
-    bar = _progress() if progress else None
-    with bar or _null():
+    with progress_bar(enabled=progress) as bar:
         for G in cfg.sweep.gaps:
             gdir = out / "groups" / f"gap={G}"
             if (gdir / "final.parquet").is_file():  # finished gap: skip
@@ -538,8 +539,18 @@ def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
                              tables={name: runs.concat_columns(parts[name]) for name in TABLES})
     for name in TABLES:
         runs.write_table(out / f"{name}.parquet", result.tables[name])
-    from raretask.report.retention import retention_figures
-
-    retention_figures(result)
     meta.finish(groups=timings)
     return result
+
+
+def read_retention(run_dir: Path) -> RetentionResult:
+    """A finished run, from its directory alone."""
+    from raretask.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "final.parquet").is_file():
+        raise ConfigError(f"{run_dir}: no final.parquet (is the run finished?)")
+    cfg = load_config(RetentionConfig, run_dir / "config.toml")
+    mixture = cfg.mixture.build()
+    return RetentionResult(out=run_dir, config=cfg, rare=mixture.names[rare_task(mixture, cfg.injection.rare)],
+                           tables={name: runs.read_table(run_dir / f"{name}.parquet") for name in TABLES})

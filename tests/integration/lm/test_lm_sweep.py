@@ -86,8 +86,12 @@ def test_sweep_trains_each_cell_once_and_reports(cli, config, tmp_path):
     assert again == s
     assert {c: (out / "cells" / c / "meta.json").stat().st_mtime_ns for c in res["cell"]} == cell_meta
 
+    drawn = {f.name: f.read_bytes() for f in out.glob("*.png")}
+    for name in drawn:  # the report redraws every figure from the sweep directory alone, byte for byte
+        (out / name).unlink()
     report = cli("report", out)
     assert report.exit_code == 0, report.stderr
+    assert {f.name: f.read_bytes() for f in out.glob("*.png")} == drawn
     page = (out / "report.html").read_text()
     assert "Fig. 5" in page and "fig5_heatmaps.png" in page and "cpu-150k_f0.01_cmp_s0" in page
     assert "Fig. 6b (needs two burst gaps" in page  # said, not drawn
