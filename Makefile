@@ -26,7 +26,8 @@ demo: install
 	$(VENV)/bin/raretask demo --out runs/demo
 
 bench: install
-	$(PY) benchmarks/synthetic_sweep.py
+	# Each writes benchmarks/results/<name>.json and exits 1 on a missed target; run both, fail if either missed.
+	$(PY) benchmarks/synthetic_sweep.py; a=$$?; $(PY) benchmarks/interference.py; b=$$?; exit $$(( a > b ? a : b ))
 
 clean:
 	rm -rf runs .pytest_cache
