@@ -18,3 +18,32 @@ def resolve_device(name: Any, field: str = "train.device") -> Any:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{field}: cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def free_cores(sample_s: float = 0.25) -> int:
+    """How many of this process's cores are idle now (at least 1): the idle share of /proc/stat over `sample_s`
+    seconds times the cores this process may run on; the 1-minute load average where /proc/stat is missing.
+
+    A busy core makes OpenMP threads wait on it: on 2 cores with one busy, the 2-thread batched sweep ran 47x
+    slower than with 1 thread. So processes x threads must not exceed this number."""
+    import os
+    import time
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def idle_total() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, all
+
+    first = idle_total()
+    if first is None:
+        return max(1, cores - round(os.getloadavg()[0]))
+    time.sleep(sample_s)
+    second = idle_total()
+    total = second[1] - first[1]
+    idle = (second[0] - first[0]) / total if total > 0 else 1.0
+    machine = os.cpu_count() or cores  # /proc/stat counts every core of the machine
+    return max(1, min(cores, round(idle * machine)))

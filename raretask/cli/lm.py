@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from raretask.cli.options import handles_errors, run_options
+from raretask.cli.options import handles_errors, parse_workers, run_options
 from raretask.report import pages
 
 
@@ -172,9 +172,11 @@ def train_keys() -> None:
 @lm.command("sweep")
 @run_options("sweep directory (default: runs/lm/<config name>)", what="sweep",
              dry_run_help="print the resolved config and its cells, and exit", progress_help="no progress bars")
+@click.option("--workers", default="1", show_default=True,
+              help="cells trained side by side, one process each (auto: the free cores); threads split between them")
 @handles_errors
 def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
-                  overwrite: bool, no_progress: bool) -> None:
+                  overwrite: bool, no_progress: bool, workers: str) -> None:
     """Train every cell of CONFIG's grid (sizes x frequencies x tasks x gaps x seeds), one run each, then write
     results.parquet, curves.parquet and the paper's Fig. 5, 6, 22, 23 to --out.
 
@@ -196,7 +198,7 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
         click.echo(f"\n# {len(cells)} cells:\n" + "\n".join(f"#   {c.slug}" for c in cells))
         return
     out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
-    result = run_sweep(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+    result = run_sweep(cfg, out_dir, progress=not no_progress, overwrite=overwrite, workers=parse_workers(workers))
     pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))

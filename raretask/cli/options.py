@@ -49,3 +49,18 @@ def run_options(out_help: str = "run directory (default: runs/<config name>)", *
         return fn
 
     return decorate
+
+
+def parse_workers(text: str) -> int:
+    """--workers: a positive count, or "auto" for the cores idle now (raretask.devices.free_cores)."""
+    if text == "auto":
+        from raretask.devices import free_cores
+
+        return free_cores()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--workers: expected a positive number or auto, got {text!r}")
+    return n

@@ -312,9 +312,11 @@ class LMSweepResult:
         return {"out": str(self.out), "cells": len(self.cells), "results": [_finite_row(r) for r in rows]}
 
 
-def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> LMSweepResult:
+def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite: bool = False,
+              workers: int = 1) -> LMSweepResult:
     """Train every cell of `cfg` into out/cells/<slug>/ (finished cells read back, unfinished ones resumed), then
-    write the combined tables (the CLI then draws the figures); see the module docstring."""
+    write the combined tables (the CLI then draws the figures); see the module docstring. `workers` > 1 trains that
+    many cells side by side, each in its own process (`raretask lm train`), the free cores split between them."""
     out = Path(out)
     cells = expand_cells(cfg)
     rank = int(os.environ.get("RANK", "0"))
@@ -336,6 +338,9 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
                             gaps=cfg.sweep.gaps, cells=[c.slug for c in cells])
     console = _console() if progress and rank == 0 else None
     timings: dict[str, Any] = {}
+    pending = [c for c in cells if c.slug not in done and not is_finished(out / "cells" / c.slug, c.config)]
+    if workers > 1 and len(pending) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        timings.update(train_side_by_side(pending, out, workers, progress))
     finished: list[tuple[Cell, LMResult]] = []
     for i, cell in enumerate(cells):
         cdir = out / "cells" / cell.slug
@@ -347,7 +352,9 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
             clock = time.perf_counter()
             result, how = train(cell.config, cdir, progress=progress), "trained"
             timings[cell.slug] = {"wall_time_s": time.perf_counter() - clock}
-        timings.setdefault(cell.slug, {}).update(status=how, tokens_per_s=result.meta.get("tokens_per_s"))
+        entry = timings.setdefault(cell.slug, {})
+        entry.setdefault("status", how)  # cells trained side by side say so
+        entry["tokens_per_s"] = result.meta.get("tokens_per_s")
         finished.append((cell, result))
     results, curves = combine(finished)
     sweep = LMSweepResult(out=out, config=cfg, results=results, curves=curves, cells=cells)
@@ -357,6 +364,29 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
         assert meta is not None
         meta.finish(timings=timings)
     return sweep
+
+
+def train_side_by_side(cells: list[Cell], out: Path, workers: int, progress: bool) -> dict[str, Any]:
+    """Train `cells` as separate `raretask lm train` processes, at most `workers` at a time, the free cores split
+    between them (train.threads 0 takes the runner's thread count). Each cell's config is written beside its
+    directory, so the process trains exactly the cell the sweep reads back. A failed cell is a one-line error
+    naming its log, after the others finished."""
+    from raretask.runner import Job, Plan, run_jobs
+
+    jobs = []
+    for c in cells:
+        toml = out / "cells" / f"{c.slug}.toml"
+        runs.write_text(toml, c.config.to_toml())
+        jobs.append(Job(c.slug, ["lm", "train", str(toml), "--out", str(out / "cells" / c.slug), "--no-progress"],
+                        out / "cells" / c.slug))
+    plan = Plan.for_machine(min(workers, len(jobs)))
+    results = run_jobs(jobs, plan, logs=out / "logs", progress=progress)
+    failed = [r for r in results.values() if r.status == "failed"]
+    if failed:
+        raise ConfigError(f"{len(failed)} cell(s) failed, first {failed[0].name}: {failed[0].error} "
+                          f"(log: {failed[0].log})")
+    return {name: {"status": "trained side by side", "wall_time_s": r.wall_s, "workers": plan.workers,
+                   "threads": plan.threads} for name, r in results.items()}
 
 
 def corpus_identity(manifest_dir: str | Path) -> dict[str, str] | None:

@@ -100,6 +100,25 @@ def test_sweep_trains_each_cell_once_and_reports(cli, config, tmp_path):
     assert "curves.png" in (out / "cells" / "cpu-30k_f0.01_cmp_s0" / "report.html").read_text()
 
 
+def test_cells_side_by_side_give_the_tables_of_one_process(cli, config, tmp_path, monkeypatch):
+    """--workers 2: each cell trains in its own `raretask lm train` process; the sweep reads them back and its
+    tables equal those of the cells trained one after another in this process (to 1e-6), and meta.json says how
+    each cell was trained."""
+    from raretask import runner
+
+    monkeypatch.setattr(runner, "free_cores", lambda: 2)  # the split does not depend on this machine's load
+    one = summary(cli("lm", "sweep", config, "--out", tmp_path / "one", "--json", "--no-progress"))
+    two = summary(cli("lm", "sweep", config, "--out", tmp_path / "two", "--json", "--no-progress", "--workers", "2"))
+    assert [r["cell"] for r in one["results"]] == [r["cell"] for r in two["results"]]
+    for a, b in zip(one["results"], two["results"]):
+        for key in ("train_loss", "test_loss", "test_acc_labels", "heldout_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+    timings = json.loads((tmp_path / "two" / "meta.json").read_text())["timings"]
+    assert {t["status"] for t in timings.values()} == {"trained side by side"}
+    assert all(t["workers"] == 2 and t["threads"] == 1 for t in timings.values())
+    assert all((tmp_path / "two" / "logs" / f"{c}.log").is_file() for c in timings)
+
+
 @pytest.mark.parametrize("override, message", [
     ("sweep.sizes=[]", "error: sweep.sizes: empty"),
     ('sweep.sizes=["cpu-30k","13B"]', "error: sweep.sizes: unknown preset '13B'"),
