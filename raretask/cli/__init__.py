@@ -254,6 +254,35 @@ def demo(out: str, part: str, no_progress: bool) -> None:
     click.echo(f"wrote {write_report(out_dir, 'raretask demo', sections)}")
 
 
+@main.command("reproduce")
+@click.option("--scale", default="cpu", show_default=True, help="cpu (2 cores, < 1 h), gpu (one GPU, hours) or paper")
+@click.option("--only", default="all", show_default=True, help="synthetic or lm: one half only")
+@click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/reproduce-<scale>)")
+@click.option("--corpus", type=click.Path(file_okay=False), help="a prepared corpus (default: prepare the embedded one)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--dry-run", is_flag=True, help="list the experiments and exit")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@handles_errors
+def reproduce_command(scale: str, only: str, out: str | None, corpus: str | None, as_json: bool, dry_run: bool,
+                      no_progress: bool) -> None:
+    """Run every experiment the report needs at a scale (side by side on the free cores), then DIR/report.html.
+
+    Re-running the same command resumes: finished experiments are read back, unfinished ones continue."""
+    from raretask.cli.reproduce import plan, reproduce
+
+    if dry_run:
+        for e in plan(scale, only):
+            click.echo(f"{e.name:28s} raretask {' '.join(e.command)} configs/{e.preset} {' '.join(e.overrides)}")
+        return
+    out_dir = Path(out) if out else Path("runs") / f"reproduce-{scale}"
+    result = reproduce(scale, out_dir, only=only, corpus=Path(corpus) if corpus else None, progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+        return
+    failed = [n for n, e in result.experiments.items() if e["status"] in ("failed", "skipped")]
+    click.echo(f"wrote {result.report}" + (f"; failed or skipped: {', '.join(failed)}" if failed else ""))
+
+
 def preset(name: str) -> Path:
     """A packaged preset by name ("synthetic/default.toml"); tests point `presets.root` elsewhere to shrink them."""
     path = presets.find(name)

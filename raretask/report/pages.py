@@ -27,6 +27,7 @@ KINDS = {
     "lm.sweep": "raretask.report.lm",
     "lm.train": "raretask.report.lm",
     "lm.corpus": "raretask.report.lm",
+    "reproduce": "raretask.report.reproduce",
 }
 
 

@@ -1,0 +1,69 @@
+"""`raretask reproduce`: every experiment of a scale side by side, then one report; resumes; bad input is one line,
+exit 2, nothing written. The scale is shrunk here (a scale is data: a list of presets and overrides)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raretask.cli import reproduce as rep
+from raretask.cli.reproduce import Experiment
+
+from .conftest import summary
+from .lm.test_lm_sweep import corpus  # noqa: F401 (a fixture: a tiny prepared corpus)
+
+TINY = [
+    Experiment("synthetic", ("synth", "run"), "synthetic/default.toml",
+               ("sweep.seeds=[0]", "sweep.widths=[1,2,4]", "train.steps=200", "eval.every=100")),
+    Experiment("toy", ("synth", "toy"), "synthetic/toy.toml",
+               ("forget.steps=100", "competition.steps=100", "forget.gap=20", "seeds=[0,1]")),
+    Experiment("lm/sweep", ("lm", "sweep"), "lm/demo.toml",
+               ('sweep.sizes=["cpu-30k"]', "sweep.frequencies=[1e-2]", 'sweep.tasks=["comparison"]',
+                "data.seq_len=32", "train.steps=4", "eval.every=2", "train.checkpoint_every=4",
+                "eval.train_instances=16", "eval.test_instances=16", "eval.heldout_tokens=256", "eval.reference=false"),
+               part="lm"),
+]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(rep.SCALES, "cpu", TINY)
+
+
+def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, corpus, tmp_path):  # noqa: F811
+    out = tmp_path / "r"
+    args = ["reproduce", "--scale", "cpu", "--out", out, "--corpus", corpus, "--json", "--no-progress"]
+    s = summary(cli(*args))
+    assert {n: e["status"] for n, e in s["experiments"].items()} == {
+        "synthetic": "finished", "toy": "finished", "lm/sweep": "finished"}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "reproduce" and meta["scale"] == "cpu" and meta["status"] == "finished"
+    assert meta["workers"] * meta["threads"] <= max(meta["free_cores"], 1)
+    for name in ("synthetic", "toy", "lm/sweep"):
+        assert json.loads((out / name / "meta.json").read_text())["status"] == "finished"
+        assert (out / "logs").is_dir()
+    page = (out / "report.html").read_text()
+    assert "Reproduce, scale cpu" in page and "synthetic/phase_diagram.png" in page and "toy/fig11.png" in page
+    assert "lm/sweep/fig6a_task_loss.png" in page
+    # the same command again: everything is read back
+    again = summary(cli(*args))
+    assert {e["status"] for e in again["experiments"].values()} == {"done before"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "huge"], "error: --scale: 'huge' is not one of cpu, gpu, paper"),
+    (["--only", "half"], "error: --only: 'half' is not one of synthetic, lm"),
+    (["--corpus", "{tmp}/nowhere"], "error: --corpus {tmp}/nowhere: no manifest.json"),
+    (["--out", "{tmp}/other"], "error: --out {tmp}/other: holds a 'synthetic' run, not a reproduce run"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, tiny, tmp_path, args, message):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({"kind": "synthetic"}))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "r")]
+    r = cli("reproduce", *args, *out, "--no-progress")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(message.replace("{tmp}", str(tmp_path))) and r.stderr.count("\n") == 1
+    assert not (tmp_path / "r").exists() and sorted(p.name for p in other.iterdir()) == ["meta.json"]
