@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from raretask.config import ConfigError
 
@@ -47,3 +48,23 @@ def free_cores(sample_s: float = 0.25) -> int:
     idle = (second[0] - first[0]) / total if total > 0 else 1.0
     machine = os.cpu_count() or cores  # /proc/stat counts every core of the machine
     return max(1, min(cores, round(idle * machine)))
+
+
+def choose_threads(requested: int = 0) -> int:
+    """torch threads for a run: `requested` when set (> 0); else the free cores, at most torch's default."""
+    import torch
+
+    return requested if requested > 0 else max(1, min(torch.get_num_threads(), free_cores()))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run with `n` torch intra-op threads, then restore the process's count (a notebook or a sweep's next run)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

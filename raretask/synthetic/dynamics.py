@@ -57,7 +57,7 @@ import torch
 
 from raretask import runs, theory
 from raretask.config import Config, ConfigError, option
-from raretask.devices import resolve_device
+from raretask.devices import choose_threads, resolve_device, torch_threads
 from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture
 from raretask.synthetic.model import SweepStudent
@@ -271,9 +271,9 @@ def run_residual(cfg: ResidualConfig, out: Path, *, progress: bool = True, overw
     points = [(assign, point, PointTheory.of(point, cfg.residual.rare)) for assign, point in expand_grid(base)]
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     meta = runs.RunMeta(out, kind="synth.residual", seeds=base.sweep.seeds, widths=base.sweep.widths,
-                        device=str(device), torch_threads=torch.get_num_threads())
+                        device=str(device), torch_threads=choose_threads(base.train.threads))
     results, curves, timings = [], [], {}
-    with progress_bar(enabled=progress) as bar:
+    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
         for assign, point, th in points:
             res, cur = grid_point(assign, point, out, bar, timings, on_eval=Theorem4(th.mixture, th.F, device))
             results.append(res)

@@ -21,7 +21,7 @@ from raretask import runs
 from raretask.analysis.interference import (GradientTap, Targets, exact_task_gradients, gradient_stats,
                                             interference_metrics, per_task_stats)
 from raretask.config import Config, ConfigError, StrEnum, option
-from raretask.devices import resolve_device
+from raretask.devices import choose_threads, resolve_device, torch_threads
 from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture
 from raretask.synthetic.retention import save_encoders
@@ -123,8 +123,9 @@ def run_interference(cfg: InterferenceConfig, out: Path, *, progress: bool = Tru
                                   runs.read_table(out / "cosines.parquet"))
     device = resolve_device(cfg.train.device)
     meta = runs.RunMeta(out, kind="synth.interference", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=torch.get_num_threads())
-    table, cosines = _train_and_measure(cfg, out, progress)
+                        device=str(device), torch_threads=choose_threads(cfg.train.threads))
+    with torch_threads(meta.data["torch_threads"]):
+        table, cosines = _train_and_measure(cfg, out, progress)
     result = InterferenceResult(out, cfg, table, cosines)
     runs.write_table(out / "cosines.parquet", cosines)
     runs.write_table(out / "interference.parquet", table)

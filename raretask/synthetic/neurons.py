@@ -50,11 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from raretask import runs
-from raretask.progress import progress_bar
 from raretask.config import Config, ConfigError, StrEnum, option
+from raretask.devices import choose_threads, resolve_device, torch_threads
+from raretask.progress import progress_bar
 from raretask.synthetic.model import init_seed
 from raretask.synthetic.parity import ParityConfig, ParityStream, ParityTasks, check_frequencies, parity
-from raretask.synthetic.train import OptimizerKind, Schedule, TrainConfig, lr_factor, make_optimizer, resolve_device
+from raretask.synthetic.train import OptimizerKind, Schedule, TrainConfig, lr_factor, make_optimizer
 
 CHANCE = math.log(2.0)  # logistic loss of f = 0
 
@@ -461,9 +462,9 @@ def run_neurons(cfg: NeuronsConfig, out: Path, *, progress: bool = True, overwri
     device = resolve_device(cfg.train.device)  # a missing CUDA device is an error before anything is written
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     meta = runs.RunMeta(out, kind="synth.neurons", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=torch.get_num_threads())
+                        device=str(device), torch_threads=choose_threads(cfg.train.threads))
     timings: dict[str, float] = {}
-    with progress_bar(enabled=progress) as bar:
+    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
         if not (out / "results.parquet").is_file():
             start = time.perf_counter()
             run_sweep(cfg, tasks, out, bar)

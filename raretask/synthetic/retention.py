@@ -65,7 +65,7 @@ import torch
 
 from raretask import runs, theory
 from raretask.config import Config, ConfigError, StrEnum, option
-from raretask.devices import resolve_device
+from raretask.devices import choose_threads, resolve_device, torch_threads
 from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import SweepStudent
@@ -520,9 +520,9 @@ def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
     timings = json.loads(meta_path.read_text()).get("groups", {}) if meta_path.is_file() else {}  # resumed run
     meta = runs.RunMeta(out, kind="synth.retention", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
                         gaps=cfg.sweep.gaps, rare=rare, device=str(resolve_device(cfg.train.device)),
-                        torch_threads=torch.get_num_threads())
+                        torch_threads=choose_threads(cfg.train.threads))
     parts = {name: [] for name in TABLES}
-    with progress_bar(enabled=progress) as bar:
+    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
         for G in cfg.sweep.gaps:
             gdir = out / "groups" / f"gap={G}"
             if (gdir / "final.parquet").is_file():  # finished gap: skip

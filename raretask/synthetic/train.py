@@ -30,7 +30,7 @@ import torch
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
-from raretask.devices import resolve_device
+from raretask.devices import choose_threads, resolve_device, torch_threads
 from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import CellStudent, EncoderKind, SweepStudent
@@ -71,6 +71,8 @@ class TrainConfig(Config):
     clip: float = option(1.0, "per-cell gradient-norm clip (0 = off)", ge=0)
     device: str = option("auto", "auto (CUDA when present), cpu or cuda")
     checkpoint_every: int = option(2000, "steps between checkpoints (resume point after a kill)", ge=1)
+    threads: int = option(0, "torch threads on a CPU (0 = the cores idle at the start, at most torch's default; "
+                             "results are bit-identical at a fixed count)", ge=0)
 
     def validate(self, path: str = "train") -> None:
         super().validate(path)
@@ -460,10 +462,11 @@ def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool =
     out = Path(out)
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
     device = resolve_device(cfg.train.device)
+    threads = choose_threads(cfg.train.threads)
     meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=torch.get_num_threads())
+                        device=str(device), torch_threads=threads)
     results, curves, assigns, timings = [], [], [], {}
-    with progress_bar(enabled=progress) as bar:
+    with torch_threads(threads), progress_bar(enabled=progress) as bar:
         for assign, gcfg in expand_grid(cfg):
             res, cur = grid_point(assign, gcfg, out, bar, timings)
             results.append(res)
