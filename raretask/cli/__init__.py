@@ -258,7 +258,8 @@ def demo(out: str, part: str, no_progress: bool) -> None:
 @click.option("--scale", default="cpu", show_default=True, help="cpu (2 cores, < 1 h), gpu (one GPU, hours) or paper")
 @click.option("--only", default="all", show_default=True, help="synthetic or lm: one half only")
 @click.option("--out", type=click.Path(file_okay=False), help="run directory (default: runs/reproduce-<scale>)")
-@click.option("--corpus", type=click.Path(file_okay=False), help="a prepared corpus (default: prepare the embedded one)")
+@click.option("--corpus", type=click.Path(file_okay=False),
+              help="a prepared corpus (default: prepare the embedded one)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
 @click.option("--dry-run", is_flag=True, help="list the experiments and exit")
 @click.option("--no-progress", is_flag=True, help="no progress bars")

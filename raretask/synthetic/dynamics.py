@@ -41,8 +41,9 @@ DIR/theorem4.parquet  one row per (grid point,) seed x width x evaluation step: 
                       the applied gradient (raw and scale-free) and its ratios
 DIR/results.parquet, curves.parquet, phase diagrams: as `synth run` (curves carry grad_norm_F, grad_bound_F,
                       grad_applied_F, grad_applied_U_F)
-DIR/summary.json (the --json object); the figures (residual_signal.png: Fig. 3 / 19, theorem4.png, loss_curves*.png: Fig.
-21, phase diagrams) are drawn from these tables by raretask.report.residual
+DIR/summary.json     the --json object
+The figures (residual_signal.png: Fig. 3 / 19, theorem4.png, loss_curves*.png: Fig. 21, phase diagrams) are drawn
+from these tables by raretask.report.residual.
 """
 
 from __future__ import annotations
