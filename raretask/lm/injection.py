@@ -12,8 +12,10 @@ above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence).
 Plan. `plan_injections` decides, from its seed alone, how many instances of each task go into each step (iid:
 Poisson; interval: evenly spread; burst: the period's share every `every` batches), which train instances (a seeded
 cycle through the train split, reshuffled every pass), and which slots (sequence starts first, then document starts
-inside sequences, at random). Step s is the (s+1)-th optimiser step (OLMo-core Trainer `global_step` = s + 1);
-steps beyond one epoch continue in the next epoch's order.
+inside sequences, at random). Interval and burst carry fractions the same way, cumulative counts rounded up: both
+deliver ceil(rate x steps) instances, a burst whose period the run cuts short bringing only its steps' share. Step s
+is the (s+1)-th optimiser step (OLMo-core Trainer `global_step` = s + 1); steps beyond one epoch continue in the next
+epoch's order.
 
 Loader. `InjectingFSLDataLoader` is OLMo-core's `NumpyFSLDataLoader` whose `_get_dataset_item(idx)` patches the
 sequence: it maps the dataset index back to (step, batch_pos) through the loader's own global index order, so the
@@ -395,9 +397,11 @@ def _schedule(cfg: LMTaskConfig, rate: float, steps: int, rng: np.random.Generat
         return rng.poisson(rate, size=steps).astype(np.int64)
     if cfg.schedule is ScheduleKind.INTERVAL:
         return np.diff(_ceil_count(np.arange(steps + 1) * rate))
+    # Burst b lands at step b * every with the share of its period, [b * every, (b + 1) * every) cut at `steps`: a
+    # last, partial period gets the share of the steps it has, so the run delivers the matched rate.
     out = np.zeros(steps, dtype=np.int64)
-    bursts = math.ceil(steps / cfg.every)
-    out[::cfg.every] = np.diff(_ceil_count(np.arange(bursts + 1) * cfg.every * rate))
+    ends = np.minimum(np.arange(math.ceil(steps / cfg.every) + 1) * cfg.every, steps)
+    out[::cfg.every] = np.diff(_ceil_count(ends * rate))
     return out
 
 
