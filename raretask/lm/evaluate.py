@@ -2,9 +2,11 @@
 injected task, and how good a language model it is, every `eval.every` steps.
 
 Per task (instances [TOK1, TOK2, LABEL], split 50/50 into train and test ids):
-  train_loss        memorisation: mean cross-entropy of LABEL after the prompt TOK1 TOK2, over train instances
-                    (the paper's "train loss");
-  train_acc_labels  the same instances, argmax over the task's label set == LABEL;
+  train_seen        distinct train instances injected in the batches trained on by this step (plan steps < `step`);
+  train_loss        memorisation: mean cross-entropy of LABEL after the prompt TOK1 TOK2, over train instances the
+                    model has been trained on by this step (the paper's "train loss"); None while train_seen is 0
+                    (always at step 0: nothing has been seen);
+  train_acc_labels  the same instances, argmax over the task's label set == LABEL (None likewise);
   test_loss         cross-entropy of LABEL on held-out (never injected) test instances;
   test_acc_labels   generalisation: argmax over the task's label set == LABEL, on test instances;
   test_acc_vocab    argmax over the whole vocabulary == LABEL, on test instances (the model must also know the
@@ -16,10 +18,12 @@ loss of each reference task (R_cmp, R_add: the corpus' own phrasings of comparis
 `tokens_seen`, the task's `kind` and its injection `frequency` (instances per token).
 
 The prompt is TOK1 TOK2 at the start of a sequence, where the injection places instances (`eval.prompt = "plain"`),
-or EOS TOK1 TOK2 (`"eos"`) for instances injected at document starts inside a packed sequence. Eval subsets are
-drawn once from `seed`, so every evaluation scores the same instances. Evaluation runs under torch.no_grad in eval
-mode and restores the previous mode; every data-parallel rank computes the same numbers (FSDP needs all ranks in
-each forward), rank 0 writes them.
+or EOS TOK1 TOK2 (`"eos"`) for instances injected at document starts inside a packed sequence. Which instances are
+scored is drawn from `seed` alone: the test subset once; the train instances in a fixed seeded order, of which each
+evaluation scores the first `eval.train_instances` already injected (the injection cycles through the train split, so
+a run at a low rate sees only part of it; scoring unseen ones would measure generalisation, not memorisation).
+`TaskProbe.train_ids(step)` returns them. Evaluation runs under torch.no_grad in eval mode and restores the previous
+mode; every data-parallel rank computes the same numbers (FSDP needs all ranks in each forward), rank 0 writes them.
 
 `LMEvalCallback` appends one row per (step, task) to DIR/metrics.parquet, rewritten atomically at each evaluation.
 It runs before the checkpointer (higher priority), so a checkpoint at step k always has its step-k row on disk; on
@@ -45,8 +49,8 @@ from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, option
 
 # Columns of metrics.parquet, in order; `ref_<name>_loss` columns follow, one per reference task.
-COLUMNS = ["step", "tokens_seen", "task", "kind", "frequency", "train_loss", "train_acc_labels", "test_loss",
-           "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss", "lm_loss"]
+COLUMNS = ["step", "tokens_seen", "task", "kind", "frequency", "train_seen", "train_loss", "train_acc_labels",
+           "test_loss", "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss", "lm_loss"]
 # The reference task whose loss `reference_loss` repeats, by task kind.
 REFERENCE_OF_KIND = {"comparison": "cmp", "modular_addition": "add"}
 
@@ -61,7 +65,8 @@ class EvalConfig(Config):
     every: int = option(100, "steps between evaluations (the last step is always evaluated)", ge=1)
     batch_seqs: int = option(256, "task prompts per evaluation forward pass (full sequences: a training micro-batch)",
                             ge=1)
-    train_instances: int = option(1000, "train instances per task scored for memorisation (0 = all)", ge=0)
+    train_instances: int = option(1000, "train instances per task scored for memorisation, among those injected by "
+                                  "the evaluated step (0 = all of them)", ge=0)
     test_instances: int = option(1000, "test instances per task scored for generalisation (0 = all)", ge=0)
     heldout_tokens: int = option(32768, "tokens of the held-out split scored each time (its fixed prefix; 0 = none)",
                                 ge=0)
@@ -82,16 +87,35 @@ class EvalConfig(Config):
 
 @dataclass
 class TaskProbe:
-    """The fixed instances of one task that every evaluation scores."""
+    """What the evaluations score of one task: a fixed test subset, and at each step the train instances injected
+    before it (the first `train_limit` of them in a fixed seeded order, so the scored set only changes as new
+    instances are seen)."""
 
     name: str
     kind: str
     frequency: float
-    train_prompts: torch.Tensor  # (n_train, P) prompt tokens, P = 2 or 3
-    train_labels: torch.Tensor  # (n_train,)
-    test_prompts: torch.Tensor  # (n_test, P)
-    test_labels: torch.Tensor  # (n_test,)
+    instances: np.ndarray  # (N, 3) TOK1 TOK2 LABEL of every instance of the task
+    train_order: np.ndarray  # (n_train,) the train split's ids, in the seeded order scored
+    first_step: np.ndarray  # (n_train,) plan step of each one's first injection (plan.steps: never)
+    train_limit: int  # at most this many train instances scored (0 = every seen one)
+    test_ids: np.ndarray  # (n_test,) the fixed test subset, sorted
     label_set: torch.Tensor  # (m,) the task's label tokens
+    prefix: np.ndarray  # tokens before TOK1 TOK2: none (prompt "plain") or EOS ("eos")
+
+    def seen(self, step: int) -> int:
+        """Distinct train instances injected before evaluation step `step` (plan steps 0 .. step - 1)."""
+        return int(np.sum(self.first_step < step))
+
+    def train_ids(self, step: int) -> np.ndarray:
+        """The train instances scored at evaluation step `step`, sorted (empty at step 0)."""
+        seen = self.train_order[self.first_step < step]
+        return np.sort(seen[:self.train_limit] if self.train_limit else seen)
+
+    def prompts(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompts (n, P), labels (n,)) of instance ids: the prefix, TOK1, TOK2; and LABEL."""
+        rows = self.instances[ids]
+        p = np.concatenate([np.broadcast_to(self.prefix, (len(rows), len(self.prefix))), rows[:, :2]], axis=1)
+        return torch.from_numpy(np.ascontiguousarray(p, dtype=np.int64)), torch.from_numpy(rows[:, 2].copy())
 
 
 @dataclass
@@ -118,22 +142,17 @@ def _subset(ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(ids, size=n, replace=False))
 
 
-def task_probe(task: Any, kind: str, frequency: float, cfg: EvalConfig, eos_id: int, seed: int) -> TaskProbe:
-    """Prompts and labels of `task` (raretask.lm.tasks.Task) scored at every evaluation."""
+def task_probe(task: Any, kind: str, frequency: float, cfg: EvalConfig, eos_id: int, seed: int,
+               first_steps: np.ndarray) -> TaskProbe:
+    """The probe of `task` (raretask.lm.tasks.Task); `first_steps` (N,) is the step of each instance's first
+    injection (InjectionPlan.first_steps; >= the run's steps when never injected)."""
     rng = np.random.default_rng([seed, 7919])  # its own stream: the subsets never depend on anything else
-    inst = np.asarray(task.instances, dtype=np.int64)  # (N, 3): TOK1 TOK2 LABEL
-
-    def prompts(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = inst[ids]
-        p = rows[:, :2]
-        if cfg.prompt is PromptKind.EOS:
-            p = np.concatenate([np.full((len(rows), 1), eos_id, dtype=np.int64), p], axis=1)
-        return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(rows[:, 2].copy())
-
-    tr_p, tr_l = prompts(_subset(task.train_ids, cfg.train_instances, rng))
-    te_p, te_l = prompts(_subset(task.test_ids, cfg.test_instances, rng))
-    labels = torch.as_tensor(np.asarray(task.label_tokens, dtype=np.int64))
-    return TaskProbe(task.name, kind, frequency, tr_p, tr_l, te_p, te_l, labels)
+    order = rng.permutation(np.asarray(task.train_ids, dtype=np.int64))
+    test = _subset(task.test_ids, cfg.test_instances, rng)
+    prefix = np.array([eos_id] if cfg.prompt is PromptKind.EOS else [], dtype=np.int64)
+    return TaskProbe(task.name, kind, frequency, np.asarray(task.instances, dtype=np.int64), order,
+                     np.asarray(first_steps, dtype=np.int64)[order], cfg.train_instances, test,
+                     torch.as_tensor(np.asarray(task.label_tokens, dtype=np.int64)), prefix)
 
 
 def heldout_windows(tokens: np.ndarray, n_tokens: int, seq_len: int) -> torch.Tensor | None:
@@ -161,9 +180,11 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor)
 
 
 def split_scores(forward: Forward, prompts: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor,
-                 batch: int, device: torch.device) -> dict[str, float]:
+                 batch: int, device: torch.device) -> dict[str, float | None]:
     """Mean label loss and the two accuracies over prompts (n, P), `batch` at a time (only the last position's
-    logits are computed: (b, 1, V))."""
+    logits are computed: (b, 1, V)); None each when there is no prompt."""
+    if len(prompts) == 0:
+        return {"loss": None, "acc_labels": None, "acc_vocab": None}
     total = torch.zeros(3, dtype=torch.float64, device=device)
     for i in range(0, len(prompts), batch):
         logits = forward(prompts[i:i + batch].to(device), logits_to_keep=1)[:, -1].float()  # (b, V)
@@ -172,11 +193,13 @@ def split_scores(forward: Forward, prompts: torch.Tensor, labels: torch.Tensor, 
     return {"loss": loss, "acc_labels": acc_labels, "acc_vocab": acc_vocab}
 
 
-def task_metrics(forward: Forward, probe: TaskProbe, batch: int, device: torch.device) -> dict[str, float]:
-    tr = split_scores(forward, probe.train_prompts, probe.train_labels, probe.label_set, batch, device)
-    te = split_scores(forward, probe.test_prompts, probe.test_labels, probe.label_set, batch, device)
-    return {"train_loss": tr["loss"], "train_acc_labels": tr["acc_labels"], "test_loss": te["loss"],
-            "test_acc_labels": te["acc_labels"], "test_acc_vocab": te["acc_vocab"]}
+def task_metrics(forward: Forward, probe: TaskProbe, step: int, batch: int, device: torch.device
+                 ) -> dict[str, Any]:
+    """The task's columns at evaluation step `step` (see the module docstring)."""
+    tr = split_scores(forward, *probe.prompts(probe.train_ids(step)), probe.label_set, batch, device)
+    te = split_scores(forward, *probe.prompts(probe.test_ids), probe.label_set, batch, device)
+    return {"train_seen": probe.seen(step), "train_loss": tr["loss"], "train_acc_labels": tr["acc_labels"],
+            "test_loss": te["loss"], "test_acc_labels": te["acc_labels"], "test_acc_vocab": te["acc_vocab"]}
 
 
 def heldout_loss(forward: Forward, windows: torch.Tensor, batch: int, device: torch.device) -> float:
@@ -211,8 +234,9 @@ def reference_loss(forward: Forward, ref: ReferenceProbe, batch: int, device: to
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: int, device: torch.device,
-             max_tokens: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """(per-task metrics by task name, per-step metrics) of the model now; leaves the model in its previous mode.
+             max_tokens: int | None = None, *, step: int) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """(per-task metrics by task name, per-step metrics) of the model after `step` optimiser steps (which train
+    instances count as seen); leaves the model in its previous mode.
 
     `batch` prompts go through one forward; full sequences (held-out windows, reference examples) at most
     `max_tokens` tokens at a time (the training micro-batch, which fits memory: their logits are (b, L, V))."""
@@ -222,7 +246,7 @@ def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: 
     was_training = model.training
     model.eval()
     try:
-        tasks = {p.name: task_metrics(forward, p, batch, device) for p in evalset.probes}
+        tasks = {p.name: task_metrics(forward, p, step, batch, device) for p in evalset.probes}
         held = evalset.heldout
         step: dict[str, float] = {"heldout_loss": float("nan") if held is None
                                   else heldout_loss(forward, held, rows(held.shape[1]), device)}
@@ -234,7 +258,7 @@ def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: 
     return tasks, step
 
 
-def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, float]],
+def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, Any]],
                 per_step: dict[str, float], lm_loss: float | None) -> list[dict[str, Any]]:
     """One metrics.parquet row per task (a single row with task = None when no task is injected)."""
     base = {"step": step, "tokens_seen": tokens_seen, "heldout_loss": per_step.get("heldout_loss")}
@@ -320,7 +344,7 @@ class LMEvalCallback(Callback):
     def _evaluate(self) -> None:
         tm = self.trainer.train_module
         tasks, per_step = evaluate(tm.model, tm.model_forward, self.evalset, self.batch_seqs, self.trainer.device,
-                                   self.max_tokens)
+                                   self.max_tokens, step=self.step)
         new = metric_rows(self.step, self.trainer.global_train_tokens_seen, self.evalset, tasks, per_step,
                           self._lm_loss())
         self.rows.extend(new)
@@ -341,12 +365,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: v[i] for k, v in cols.items()} for i in range(n)]
 
 
-def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalConfig, *,
+def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalConfig, *, plan: Any,
                   heldout: np.ndarray | None, seq_len: int, eos_id: int, seed: int,
                   references: Sequence[ReferenceProbe] = ()) -> EvalSet:
-    """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token), the
-    held-out windows, the reference probes."""
-    probes = [task_probe(t, str(t.kind), float(f), cfg, eos_id, seed + 1000 * i)
+    """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token; `plan`,
+    the run's raretask.lm.injection.InjectionPlan, says when each instance is first injected), the held-out windows,
+    the reference probes."""
+    probes = [task_probe(t, str(t.kind), float(f), cfg, eos_id, seed + 1000 * i, plan.first_steps(t.name))
               for i, (t, f) in enumerate(zip(tasks, frequencies))]
     windows = None
     if heldout is not None and cfg.heldout_tokens > 0:

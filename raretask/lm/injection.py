@@ -142,6 +142,16 @@ class InjectionPlan:
     def counts(self) -> dict[str, int]:
         return {t.name: int(np.sum(self.task == k)) for k, t in enumerate(self.tasks)}
 
+    def first_steps(self, task: str) -> np.ndarray:
+        """(instances,) the step of each instance's first injection, `steps` when it is never injected: the model
+        has trained on instance i from evaluation step first[i] + 1 on (the evaluation after `global_step` k has
+        seen the plan's steps < k)."""
+        k = self.task_names.index(task)
+        first = np.full(len(self.tasks[k].labels), self.steps, dtype=np.int64)
+        rows = self.task == k
+        np.minimum.at(first, self.instance[rows], self.step[rows])
+        return first
+
     def steps_of(self, task: str) -> np.ndarray:
         """Sorted distinct steps that carry an instance of `task`."""
         return np.unique(self.step[self.task == self.task_names.index(task)])
