@@ -1,13 +1,19 @@
 """Injecting task instances into OLMo-core's packed pretraining stream (paper Sec. 4).
 
-An injection replaces the first four tokens of a document with TOK1 TOK2 LABEL EOS. The stream is OLMo-core's
-`NumpyFSLDataset` (the raw token file cut into sequences of T tokens, documents packed and separated by EOS) in the
-order of its `NumpyFSLDataLoader`: global batch s holds the B sequences `global_indices[s*B:(s+1)*B]` of the epoch.
+An injection replaces four tokens at a slot (the start of a sequence, or of a document inside one) with TOK1 TOK2
+LABEL EOS. The stream is OLMo-core's `NumpyFSLDataset` (the raw token file cut into sequences of T tokens, documents
+packed and separated by EOS) in the order of its `NumpyFSLDataLoader`: global batch s holds the B sequences
+`global_indices[s*B:(s+1)*B]` of the epoch.
 
-Slots. Each sequence offers position 0 and every position right after an EOS; a slot is kept when the document
-piece starting there (up to the next document or sequence start) has room for the 4 tokens, so injections never
-overlap and never cut into another document. Several documents of one sequence can carry an instance, so rates
-above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence).
+Slots. Each sequence offers position 0 and every position right after an EOS; a slot is kept when the piece
+starting there (up to the next EOS-delimited document or sequence start) has room for the 4 tokens, so injections
+never overlap and never run into the next document. Position 0 counts as a slot whatever is there: packing cuts
+documents at sequence boundaries, so it is usually the middle of a document, whose next 4 tokens the instance replaces
+(the paper's "first four tokens of a training sequence"), with nothing before it in the context. A position after an
+EOS is a real document start, with the sequence's earlier text before it. Several documents of one sequence can carry
+an instance, so rates above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence). Sequence starts
+are filled first, so what exceeds one per sequence sits after an EOS inside a sequence (7 of those 8): the context the
+evaluation's `*_ctx` metrics score (raretask.lm.evaluate).
 
 Plan. `plan_injections` decides, from its seed alone, how many instances of each task go into each step (iid:
 Poisson; interval: evenly spread; burst: the period's share every `every` batches), which train instances (a seeded

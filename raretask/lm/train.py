@@ -131,6 +131,8 @@ class LMConfig(Config):
                                  ("seed", self.seed, 0)]:
             if value < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {value}")
+        if self.eval.context:
+            self.eval.context_position(d.seq_len)  # the in-context prompt fits the sequences
         if t.micro_batch_seqs and t.global_batch_seqs % t.micro_batch_seqs:
             raise ConfigError(f"train.micro_batch_seqs: {t.micro_batch_seqs} does not divide "
                               f"train.global_batch_seqs = {t.global_batch_seqs}")

@@ -84,9 +84,11 @@ def test_run_writes_every_metric_and_learns_the_frequent_task(whole):
     assert set(COLUMNS) | {"ref_cmp_loss", "ref_add_loss"} <= set(m)
     assert sorted(set(m["step"])) == list(range(0, 81, 10))
     assert m["tokens_seen"][-1] == 80 * 8 * 64 == s["tokens"]
-    for col in ("test_loss", "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss"):
+    for col in ("test_loss", "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss",
+                "test_loss_ctx", "test_acc_labels_ctx", "test_acc_vocab_ctx"):
         assert all(v is not None and v == v for v in m[col]), col  # present and not NaN at every step
-    for col in ("train_loss", "train_acc_labels"):  # scored once an instance has been trained on, None before
+    for col in ("train_loss", "train_acc_labels", "train_loss_ctx", "train_acc_labels_ctx"):
+        # scored once an instance has been trained on, None before
         assert all((v is None) == (n == 0) and (v is None or v == v) for v, n in zip(m[col], m["train_seen"])), col
     assert m["lm_loss"][0] is None and all(v > 0 for v in m["lm_loss"][2:])
 
@@ -202,6 +204,7 @@ def _evaluated(out: Path, step: int) -> bool:
     ("model.vocab_size=300", "model.vocab_size"),
     ("model.preset=4B", "model.preset"),
     ("tasks[0].frequency=0.1", "tasks[0].frequency"),
+    ("eval.context_pos=60", "eval.context_pos"),  # EOS at 60 leaves no room for an instance in 64 tokens
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(config, tmp_path, cli, override, field, monkeypatch):
     from raretask.lm import models
