@@ -141,8 +141,10 @@ class TaskProbe:
         """(prompts (n, P), labels (n,)) of instance ids: the prefix (or, in context, the instance's held-out window
         and EOS), TOK1, TOK2; and LABEL."""
         rows = self.instances[ids]
-        head = self.contexts[self.context_of[ids]] if context else np.broadcast_to(self.prefix,
-                                                                                   (len(rows), len(self.prefix)))
+        if context:
+            head = self.contexts[self.context_of[ids]]
+        else:
+            head = np.broadcast_to(self.prefix, (len(rows), len(self.prefix)))
         p = np.concatenate([head, rows[:, :2]], axis=1)
         return torch.from_numpy(np.ascontiguousarray(p, dtype=np.int64)), torch.from_numpy(rows[:, 2].copy())
 
@@ -242,10 +244,11 @@ def task_metrics(forward: Forward, probe: TaskProbe, step: int, batch: int, devi
     out: dict[str, Any] = {"train_seen": probe.seen(step)}
     train = probe.train_ids(step)
     for suffix, context, b in (("", False, batch), ("_ctx", True, context_batch or batch)):
-        none = {"loss": None, "acc_labels": None, "acc_vocab": None}
-        on = not context or probe.contexts is not None
-        tr = split_scores(forward, *probe.prompts(train, context), probe.label_set, b, device) if on else none
-        te = split_scores(forward, *probe.prompts(probe.test_ids, context), probe.label_set, b, device) if on else none
+        if context and probe.contexts is None:  # off, or no held-out text
+            tr = te = {"loss": None, "acc_labels": None, "acc_vocab": None}
+        else:
+            tr = split_scores(forward, *probe.prompts(train, context), probe.label_set, b, device)
+            te = split_scores(forward, *probe.prompts(probe.test_ids, context), probe.label_set, b, device)
         out.update({f"train_loss{suffix}": tr["loss"], f"train_acc_labels{suffix}": tr["acc_labels"],
                     f"test_loss{suffix}": te["loss"], f"test_acc_labels{suffix}": te["acc_labels"],
                     f"test_acc_vocab{suffix}": te["acc_vocab"]})
@@ -288,8 +291,8 @@ def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: 
     """(per-task metrics by task name, per-step metrics) of the model after `step` optimiser steps (which train
     instances count as seen); leaves the model in its previous mode.
 
-    `batch` prompts go through one forward; full sequences (held-out windows, reference examples) at most
-    `max_tokens` tokens at a time (the training micro-batch, which fits memory: their logits are (b, L, V))."""
+    `batch` prompts go through one forward; longer sequences (held-out windows, reference examples, in-context
+    prompts) at most `max_tokens` tokens at a time (the training micro-batch, which fits memory)."""
     def rows(length: int) -> int:
         return batch if max_tokens is None else max(1, min(batch, max_tokens // length))
 
@@ -300,14 +303,14 @@ def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: 
                                       None if p.contexts is None else rows(p.contexts.shape[1] + 2))
                  for p in evalset.probes}
         held = evalset.heldout
-        step: dict[str, float] = {"heldout_loss": float("nan") if held is None
-                                  else heldout_loss(forward, held, rows(held.shape[1]), device)}
+        per_step: dict[str, float] = {"heldout_loss": float("nan") if held is None
+                                      else heldout_loss(forward, held, rows(held.shape[1]), device)}
         for ref in evalset.references:
             longest = max(len(s) for s in ref.sequences)
-            step[f"ref_{ref.name}_loss"] = reference_loss(forward, ref, rows(longest), device)
+            per_step[f"ref_{ref.name}_loss"] = reference_loss(forward, ref, rows(longest), device)
     finally:
         model.train(was_training)
-    return tasks, step
+    return tasks, per_step
 
 
 def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, Any]],
