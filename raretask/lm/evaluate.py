@@ -2,24 +2,36 @@
 injected task, and how good a language model it is, every `eval.every` steps.
 
 Per task (instances [TOK1, TOK2, LABEL], split 50/50 into train and test ids):
-  train_loss        memorisation: mean cross-entropy of LABEL after the prompt TOK1 TOK2, over train instances
-                    (the paper's "train loss");
-  train_acc_labels  the same instances, argmax over the task's label set == LABEL;
+  train_seen        distinct train instances injected in the batches trained on by this step (plan steps < `step`);
+  train_loss        memorisation: mean cross-entropy of LABEL after the prompt TOK1 TOK2, over train instances the
+                    model has been trained on by this step (the paper's "train loss"); None while train_seen is 0
+                    (always at step 0: nothing has been seen);
+  train_acc_labels  the same instances, argmax over the task's label set == LABEL (None likewise);
   test_loss         cross-entropy of LABEL on held-out (never injected) test instances;
   test_acc_labels   generalisation: argmax over the task's label set == LABEL, on test instances;
   test_acc_vocab    argmax over the whole vocabulary == LABEL, on test instances (the model must also know the
-                    answer is a label at all).
+                    answer is a label at all);
+  *_ctx             the same five (train_loss_ctx, train_acc_labels_ctx, test_loss_ctx, test_acc_labels_ctx,
+                    test_acc_vocab_ctx) with the prompt in context (below); None with `eval.context = false` or a
+                    held-out split shorter than the context.
 Per step: heldout_loss (mean next-token loss on a fixed prefix of the corpus' held-out split), lm_loss (mean training
 cross-entropy over the steps since the previous evaluation; its running sum is saved in each checkpoint), and the
 loss of each reference task (R_cmp, R_add: the corpus' own phrasings of comparison / addition, paper Fig. 6a) as
 `ref_<name>_loss`; `reference_loss` repeats the one that matches the row's task kind. Each row also has `step`,
 `tokens_seen`, the task's `kind` and its injection `frequency` (instances per token).
 
-The prompt is TOK1 TOK2 at the start of a sequence, where the injection places instances (`eval.prompt = "plain"`),
-or EOS TOK1 TOK2 (`"eos"`) for instances injected at document starts inside a packed sequence. Eval subsets are
-drawn once from `seed`, so every evaluation scores the same instances. Evaluation runs under torch.no_grad in eval
-mode and restores the previous mode; every data-parallel rank computes the same numbers (FSDP needs all ranks in
-each forward), rank 0 writes them.
+Two positions. The columns without suffix score TOK1 TOK2 at position 0 of a sequence (`eval.prompt = "plain"`; or
+EOS TOK1 TOK2 there, `"eos"`), where the injection places instances first. Above one instance per sequence most
+instances sit right after an EOS inside a packed sequence instead, with other text before them; the `*_ctx` columns
+score that context: p tokens of held-out text, then EOS TOK1 TOK2, LABEL predicted at position p + 2, with
+p = `eval.context_pos` (default min(T // 2, T - 5) for T = data.seq_len: mid-sequence, and a position an injection
+could use). The text is one of up to 100 consecutive p-token windows from the start of the held-out split, a fixed
+seeded choice per instance. Which instances are
+scored is drawn from `seed` alone: the test subset once; the train instances in a fixed seeded order, of which each
+evaluation scores the first `eval.train_instances` already injected (the injection cycles through the train split, so
+a run at a low rate sees only part of it; scoring unseen ones would measure generalisation, not memorisation).
+`TaskProbe.train_ids(step)` returns them. Evaluation runs under torch.no_grad in eval mode and restores the previous
+mode; every data-parallel rank computes the same numbers (FSDP needs all ranks in each forward), rank 0 writes them.
 
 `LMEvalCallback` appends one row per (step, task) to DIR/metrics.parquet, rewritten atomically at each evaluation.
 It runs before the checkpointer (higher priority), so a checkpoint at step k always has its step-k row on disk; on
@@ -43,10 +55,13 @@ from olmo_core.train.callbacks import Callback  # noqa: E402
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, option
+from raretask.lm.injection import INSTANCE_TOKENS
 
 # Columns of metrics.parquet, in order; `ref_<name>_loss` columns follow, one per reference task.
-COLUMNS = ["step", "tokens_seen", "task", "kind", "frequency", "train_loss", "train_acc_labels", "test_loss",
-           "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss", "lm_loss"]
+COLUMNS = ["step", "tokens_seen", "task", "kind", "frequency", "train_seen", "train_loss", "train_acc_labels",
+           "test_loss", "test_acc_labels", "test_acc_vocab", "train_loss_ctx", "train_acc_labels_ctx", "test_loss_ctx",
+           "test_acc_labels_ctx", "test_acc_vocab_ctx", "heldout_loss", "reference_loss", "lm_loss"]
+MAX_CONTEXTS = 100  # distinct held-out windows the in-context prompts are drawn from
 # The reference task whose loss `reference_loss` repeats, by task kind.
 REFERENCE_OF_KIND = {"comparison": "cmp", "modular_addition": "add"}
 
@@ -61,12 +76,16 @@ class EvalConfig(Config):
     every: int = option(100, "steps between evaluations (the last step is always evaluated)", ge=1)
     batch_seqs: int = option(256, "task prompts per evaluation forward pass (full sequences: a training micro-batch)",
                             ge=1)
-    train_instances: int = option(1000, "train instances per task scored for memorisation (0 = all)", ge=0)
+    train_instances: int = option(1000, "train instances per task scored for memorisation, among those injected by "
+                                  "the evaluated step (0 = all of them)", ge=0)
     test_instances: int = option(1000, "test instances per task scored for generalisation (0 = all)", ge=0)
     heldout_tokens: int = option(32768, "tokens of the held-out split scored each time (its fixed prefix; 0 = none)",
                                 ge=0)
     heldout_seq_len: int = option(0, "sequence length of the held-out loss (0 = data.seq_len)", ge=0)
     prompt: PromptKind = option(PromptKind.PLAIN, "plain: TOK1 TOK2 at a sequence start; eos: EOS TOK1 TOK2")
+    context: bool = option(True, "also score each prompt in context, after held-out text and an EOS (*_ctx columns)")
+    context_pos: int = option(0, "position p of that EOS: p held-out tokens before it (0 = min(T // 2, T - 5) for "
+                                 "T = data.seq_len)", ge=0)
     reference: bool = option(True, "track the loss of the reference tasks R_cmp / R_add")
     reference_examples: int = option(100, "examples per reference task (a fixed draw)", ge=1)
 
@@ -76,22 +95,58 @@ class EvalConfig(Config):
         if self.heldout_seq_len == 1:
             raise ConfigError(f"{p}heldout_seq_len: must be 0 or >= 2 (one token predicts nothing)")
 
+    def context_position(self, seq_len: int, path: str = "eval") -> int:
+        """p of the in-context prompt: EOS at p, TOK1 at p + 1 with room for an instance's 4 tokens in a sequence of
+        `seq_len`, as an injection there would have (ConfigError naming `path.context_pos` otherwise)."""
+        pos = self.context_pos or min(seq_len // 2, seq_len - INSTANCE_TOKENS - 1)
+        if not 1 <= pos <= seq_len - INSTANCE_TOKENS - 1:
+            raise ConfigError(f"{path}.context_pos: {pos} leaves no room for EOS and an instance's {INSTANCE_TOKENS} "
+                              f"tokens in data.seq_len = {seq_len} (1 .. {seq_len - INSTANCE_TOKENS - 1}; or "
+                              f"{path}.context = false)")
+        return pos
+
 
 # ------------------------------------------------------------------------------------------------ what is scored
 
 
 @dataclass
 class TaskProbe:
-    """The fixed instances of one task that every evaluation scores."""
+    """What the evaluations score of one task: a fixed test subset, and at each step the train instances injected
+    before it (the first `train_limit` of them in a fixed seeded order, so the scored set only changes as new
+    instances are seen)."""
 
     name: str
     kind: str
     frequency: float
-    train_prompts: torch.Tensor  # (n_train, P) prompt tokens, P = 2 or 3
-    train_labels: torch.Tensor  # (n_train,)
-    test_prompts: torch.Tensor  # (n_test, P)
-    test_labels: torch.Tensor  # (n_test,)
+    instances: np.ndarray  # (N, 3) TOK1 TOK2 LABEL of every instance of the task
+    train_order: np.ndarray  # (n_train,) the train split's ids, in the seeded order scored
+    first_step: np.ndarray  # (n_train,) plan step of each one's first injection (plan.steps: never)
+    train_limit: int  # at most this many train instances scored (0 = every seen one)
+    test_ids: np.ndarray  # (n_test,) the fixed test subset, sorted
     label_set: torch.Tensor  # (m,) the task's label tokens
+    prefix: np.ndarray  # tokens before TOK1 TOK2: none (prompt "plain") or EOS ("eos")
+    contexts: np.ndarray | None = None  # (c, p + 1) held-out windows + EOS, for the in-context prompts (None: off)
+    context_of: np.ndarray | None = None  # (N,) the window of each instance
+
+    def seen(self, step: int) -> int:
+        """Distinct train instances injected before evaluation step `step` (plan steps 0 .. step - 1)."""
+        return int(np.sum(self.first_step < step))
+
+    def train_ids(self, step: int) -> np.ndarray:
+        """The train instances scored at evaluation step `step`, sorted (empty at step 0)."""
+        seen = self.train_order[self.first_step < step]
+        return np.sort(seen[:self.train_limit] if self.train_limit else seen)
+
+    def prompts(self, ids: np.ndarray, context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompts (n, P), labels (n,)) of instance ids: the prefix (or, in context, the instance's held-out window
+        and EOS), TOK1, TOK2; and LABEL."""
+        rows = self.instances[ids]
+        if context:
+            head = self.contexts[self.context_of[ids]]
+        else:
+            head = np.broadcast_to(self.prefix, (len(rows), len(self.prefix)))
+        p = np.concatenate([head, rows[:, :2]], axis=1)
+        return torch.from_numpy(np.ascontiguousarray(p, dtype=np.int64)), torch.from_numpy(rows[:, 2].copy())
 
 
 @dataclass
@@ -118,22 +173,30 @@ def _subset(ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(ids, size=n, replace=False))
 
 
-def task_probe(task: Any, kind: str, frequency: float, cfg: EvalConfig, eos_id: int, seed: int) -> TaskProbe:
-    """Prompts and labels of `task` (raretask.lm.tasks.Task) scored at every evaluation."""
+def task_probe(task: Any, kind: str, frequency: float, cfg: EvalConfig, eos_id: int, seed: int,
+               first_steps: np.ndarray, contexts: np.ndarray | None = None) -> TaskProbe:
+    """The probe of `task` (raretask.lm.tasks.Task); `first_steps` (N,) is the step of each instance's first
+    injection (InjectionPlan.first_steps; >= the run's steps when never injected); `contexts` (c, p) the held-out
+    windows of the in-context prompts (None: no *_ctx metrics)."""
     rng = np.random.default_rng([seed, 7919])  # its own stream: the subsets never depend on anything else
-    inst = np.asarray(task.instances, dtype=np.int64)  # (N, 3): TOK1 TOK2 LABEL
+    order = rng.permutation(np.asarray(task.train_ids, dtype=np.int64))
+    test = _subset(task.test_ids, cfg.test_instances, rng)
+    prefix = np.array([eos_id] if cfg.prompt is PromptKind.EOS else [], dtype=np.int64)
+    instances = np.asarray(task.instances, dtype=np.int64)
+    windows = context_of = None
+    if contexts is not None and len(contexts):
+        windows = np.concatenate([np.asarray(contexts, dtype=np.int64), np.full((len(contexts), 1), eos_id)], axis=1)
+        context_of = rng.integers(len(contexts), size=len(instances))
+    return TaskProbe(task.name, kind, frequency, instances, order, np.asarray(first_steps, dtype=np.int64)[order],
+                     cfg.train_instances, test, torch.as_tensor(np.asarray(task.label_tokens, dtype=np.int64)),
+                     prefix, windows, context_of)
 
-    def prompts(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = inst[ids]
-        p = rows[:, :2]
-        if cfg.prompt is PromptKind.EOS:
-            p = np.concatenate([np.full((len(rows), 1), eos_id, dtype=np.int64), p], axis=1)
-        return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(rows[:, 2].copy())
 
-    tr_p, tr_l = prompts(_subset(task.train_ids, cfg.train_instances, rng))
-    te_p, te_l = prompts(_subset(task.test_ids, cfg.test_instances, rng))
-    labels = torch.as_tensor(np.asarray(task.label_tokens, dtype=np.int64))
-    return TaskProbe(task.name, kind, frequency, tr_p, tr_l, te_p, te_l, labels)
+def context_windows(tokens: np.ndarray, length: int) -> np.ndarray | None:
+    """Up to MAX_CONTEXTS consecutive `length`-token windows from the start of the held-out split, (c, length)
+    (None when it is shorter than one window)."""
+    n = min(len(tokens) // length, MAX_CONTEXTS)
+    return np.asarray(tokens[:n * length], dtype=np.int64).reshape(n, length) if n else None
 
 
 def heldout_windows(tokens: np.ndarray, n_tokens: int, seq_len: int) -> torch.Tensor | None:
@@ -161,9 +224,11 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor)
 
 
 def split_scores(forward: Forward, prompts: torch.Tensor, labels: torch.Tensor, label_set: torch.Tensor,
-                 batch: int, device: torch.device) -> dict[str, float]:
+                 batch: int, device: torch.device) -> dict[str, float | None]:
     """Mean label loss and the two accuracies over prompts (n, P), `batch` at a time (only the last position's
-    logits are computed: (b, 1, V))."""
+    logits are computed: (b, 1, V)); None each when there is no prompt."""
+    if len(prompts) == 0:
+        return {"loss": None, "acc_labels": None, "acc_vocab": None}
     total = torch.zeros(3, dtype=torch.float64, device=device)
     for i in range(0, len(prompts), batch):
         logits = forward(prompts[i:i + batch].to(device), logits_to_keep=1)[:, -1].float()  # (b, V)
@@ -172,11 +237,22 @@ def split_scores(forward: Forward, prompts: torch.Tensor, labels: torch.Tensor, 
     return {"loss": loss, "acc_labels": acc_labels, "acc_vocab": acc_vocab}
 
 
-def task_metrics(forward: Forward, probe: TaskProbe, batch: int, device: torch.device) -> dict[str, float]:
-    tr = split_scores(forward, probe.train_prompts, probe.train_labels, probe.label_set, batch, device)
-    te = split_scores(forward, probe.test_prompts, probe.test_labels, probe.label_set, batch, device)
-    return {"train_loss": tr["loss"], "train_acc_labels": tr["acc_labels"], "test_loss": te["loss"],
-            "test_acc_labels": te["acc_labels"], "test_acc_vocab": te["acc_vocab"]}
+def task_metrics(forward: Forward, probe: TaskProbe, step: int, batch: int, device: torch.device,
+                 context_batch: int | None = None) -> dict[str, Any]:
+    """The task's columns at evaluation step `step` (see the module docstring); in-context prompts go
+    `context_batch` at a time (default `batch`)."""
+    out: dict[str, Any] = {"train_seen": probe.seen(step)}
+    train = probe.train_ids(step)
+    for suffix, context, b in (("", False, batch), ("_ctx", True, context_batch or batch)):
+        if context and probe.contexts is None:  # off, or no held-out text
+            tr = te = {"loss": None, "acc_labels": None, "acc_vocab": None}
+        else:
+            tr = split_scores(forward, *probe.prompts(train, context), probe.label_set, b, device)
+            te = split_scores(forward, *probe.prompts(probe.test_ids, context), probe.label_set, b, device)
+        out.update({f"train_loss{suffix}": tr["loss"], f"train_acc_labels{suffix}": tr["acc_labels"],
+                    f"test_loss{suffix}": te["loss"], f"test_acc_labels{suffix}": te["acc_labels"],
+                    f"test_acc_vocab{suffix}": te["acc_vocab"]})
+    return out
 
 
 def heldout_loss(forward: Forward, windows: torch.Tensor, batch: int, device: torch.device) -> float:
@@ -211,30 +287,33 @@ def reference_loss(forward: Forward, ref: ReferenceProbe, batch: int, device: to
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, forward: Forward, evalset: EvalSet, batch: int, device: torch.device,
-             max_tokens: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """(per-task metrics by task name, per-step metrics) of the model now; leaves the model in its previous mode.
+             max_tokens: int | None = None, *, step: int) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """(per-task metrics by task name, per-step metrics) of the model after `step` optimiser steps (which train
+    instances count as seen); leaves the model in its previous mode.
 
-    `batch` prompts go through one forward; full sequences (held-out windows, reference examples) at most
-    `max_tokens` tokens at a time (the training micro-batch, which fits memory: their logits are (b, L, V))."""
+    `batch` prompts go through one forward; longer sequences (held-out windows, reference examples, in-context
+    prompts) at most `max_tokens` tokens at a time (the training micro-batch, which fits memory)."""
     def rows(length: int) -> int:
         return batch if max_tokens is None else max(1, min(batch, max_tokens // length))
 
     was_training = model.training
     model.eval()
     try:
-        tasks = {p.name: task_metrics(forward, p, batch, device) for p in evalset.probes}
+        tasks = {p.name: task_metrics(forward, p, step, batch, device,
+                                      None if p.contexts is None else rows(p.contexts.shape[1] + 2))
+                 for p in evalset.probes}
         held = evalset.heldout
-        step: dict[str, float] = {"heldout_loss": float("nan") if held is None
-                                  else heldout_loss(forward, held, rows(held.shape[1]), device)}
+        per_step: dict[str, float] = {"heldout_loss": float("nan") if held is None
+                                      else heldout_loss(forward, held, rows(held.shape[1]), device)}
         for ref in evalset.references:
             longest = max(len(s) for s in ref.sequences)
-            step[f"ref_{ref.name}_loss"] = reference_loss(forward, ref, rows(longest), device)
+            per_step[f"ref_{ref.name}_loss"] = reference_loss(forward, ref, rows(longest), device)
     finally:
         model.train(was_training)
-    return tasks, step
+    return tasks, per_step
 
 
-def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, float]],
+def metric_rows(step: int, tokens_seen: int, evalset: EvalSet, tasks: dict[str, dict[str, Any]],
                 per_step: dict[str, float], lm_loss: float | None) -> list[dict[str, Any]]:
     """One metrics.parquet row per task (a single row with task = None when no task is injected)."""
     base = {"step": step, "tokens_seen": tokens_seen, "heldout_loss": per_step.get("heldout_loss")}
@@ -320,7 +399,7 @@ class LMEvalCallback(Callback):
     def _evaluate(self) -> None:
         tm = self.trainer.train_module
         tasks, per_step = evaluate(tm.model, tm.model_forward, self.evalset, self.batch_seqs, self.trainer.device,
-                                   self.max_tokens)
+                                   self.max_tokens, step=self.step)
         new = metric_rows(self.step, self.trainer.global_train_tokens_seen, self.evalset, tasks, per_step,
                           self._lm_loss())
         self.rows.extend(new)
@@ -341,12 +420,17 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: v[i] for k, v in cols.items()} for i in range(n)]
 
 
-def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalConfig, *,
+def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalConfig, *, plan: Any,
                   heldout: np.ndarray | None, seq_len: int, eos_id: int, seed: int,
                   references: Sequence[ReferenceProbe] = ()) -> EvalSet:
-    """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token), the
-    held-out windows, the reference probes."""
-    probes = [task_probe(t, str(t.kind), float(f), cfg, eos_id, seed + 1000 * i)
+    """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token; `plan`,
+    the run's raretask.lm.injection.InjectionPlan, says when each instance is first injected), the held-out windows,
+    the reference probes. The in-context prompts' windows come from `heldout` too (ConfigError naming
+    eval.context_pos when it does not fit `seq_len`)."""
+    contexts = None
+    if cfg.context and heldout is not None:
+        contexts = context_windows(heldout, cfg.context_position(seq_len))
+    probes = [task_probe(t, str(t.kind), float(f), cfg, eos_id, seed + 1000 * i, plan.first_steps(t.name), contexts)
               for i, (t, f) in enumerate(zip(tasks, frequencies))]
     windows = None
     if heldout is not None and cfg.heldout_tokens > 0:

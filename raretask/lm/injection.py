@@ -1,19 +1,30 @@
 """Injecting task instances into OLMo-core's packed pretraining stream (paper Sec. 4).
 
-An injection replaces the first four tokens of a document with TOK1 TOK2 LABEL EOS. The stream is OLMo-core's
-`NumpyFSLDataset` (the raw token file cut into sequences of T tokens, documents packed and separated by EOS) in the
-order of its `NumpyFSLDataLoader`: global batch s holds the B sequences `global_indices[s*B:(s+1)*B]` of the epoch.
+An injection replaces four tokens at a slot (the start of a sequence, or of a document inside one) with TOK1 TOK2
+LABEL EOS. The stream is OLMo-core's `NumpyFSLDataset` (the raw token file cut into sequences of T tokens, documents
+packed and separated by EOS) in the order of its `NumpyFSLDataLoader`: global batch s holds the B sequences
+`global_indices[s*B:(s+1)*B]` of the epoch.
 
-Slots. Each sequence offers position 0 and every position right after an EOS; a slot is kept when the document
-piece starting there (up to the next document or sequence start) has room for the 4 tokens, so injections never
-overlap and never cut into another document. Several documents of one sequence can carry an instance, so rates
-above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence).
+Slots. Each sequence offers position 0 and every position right after an EOS; a slot is kept when the piece
+starting there (up to the next EOS-delimited document or sequence start) has room for the 4 tokens, so injections
+never overlap and never run into the next document. Position 0 counts as a slot whatever is there: packing cuts
+documents at sequence boundaries, so it is usually the middle of a document, whose next 4 tokens the instance replaces
+(the paper's "first four tokens of a training sequence"), with nothing before it in the context. A position after an
+EOS is a real document start, with the sequence's earlier text before it. Several documents of one sequence can carry
+an instance, so rates above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence). Sequence starts
+are filled first, so what exceeds one per sequence sits after an EOS inside a sequence (7 of those 8): the context the
+evaluation's `*_ctx` metrics score (raretask.lm.evaluate).
 
 Plan. `plan_injections` decides, from its seed alone, how many instances of each task go into each step (iid:
 Poisson; interval: evenly spread; burst: the period's share every `every` batches), which train instances (a seeded
 cycle through the train split, reshuffled every pass), and which slots (sequence starts first, then document starts
-inside sequences, at random). Step s is the (s+1)-th optimiser step (OLMo-core Trainer `global_step` = s + 1);
-steps beyond one epoch continue in the next epoch's order.
+inside sequences, at random). Interval and burst carry fractions the same way, cumulative counts rounded up: both
+deliver ceil(rate x steps) instances, a burst whose period the run cuts short bringing only its steps' share; a batch
+they overflow is a ConfigError. An iid draw above the slots a batch has left is not: the excess waits for the next
+batches with room (the total stays the draws' total, each batch within its slots), so a valid mean (below the free
+slots per batch) never fails by chance; iid tasks take the slots in list order, after interval and burst tasks. Step
+s is the (s+1)-th optimiser step (OLMo-core Trainer `global_step` = s + 1); steps beyond one epoch continue in the next
+epoch's order.
 
 Loader. `InjectingFSLDataLoader` is OLMo-core's `NumpyFSLDataLoader` whose `_get_dataset_item(idx)` patches the
 sequence: it maps the dataset index back to (step, batch_pos) through the loader's own global index order, so the
@@ -137,6 +148,16 @@ class InjectionPlan:
     def counts(self) -> dict[str, int]:
         return {t.name: int(np.sum(self.task == k)) for k, t in enumerate(self.tasks)}
 
+    def first_steps(self, task: str) -> np.ndarray:
+        """(instances,) the step of each instance's first injection, `steps` when it is never injected: the model
+        has trained on instance i from evaluation step first[i] + 1 on (the evaluation after `global_step` k has
+        seen the plan's steps < k)."""
+        k = self.task_names.index(task)
+        first = np.full(len(self.tasks[k].labels), self.steps, dtype=np.int64)
+        rows = self.task == k
+        np.minimum.at(first, self.instance[rows], self.step[rows])
+        return first
+
     def steps_of(self, task: str) -> np.ndarray:
         """Sorted distinct steps that carry an instance of `task`."""
         return np.unique(self.step[self.task == self.task_names.index(task)])
@@ -181,8 +202,10 @@ def injection_log(plan: InjectionPlan) -> pa.Table:
 def plan_injections(tasks: list[Task], task_cfgs: list[LMTaskConfig], *, steps: int, global_batch_seqs: int,
                     seq_len: int, seed: int, slots: SlotTable | None = None, path: str = "tasks") -> InjectionPlan:
     """Decide every injection of a `steps`-step run (see the module docstring); `slots` has one row per
-    (step, batch_pos), row = step * B + batch_pos, default position 0 of each sequence. A task needing more slots
-    than a batch offers raises ConfigError naming `path[k].frequency`."""
+    (step, batch_pos), row = step * B + batch_pos, default position 0 of each sequence. An interval or burst task
+    needing more slots than a batch offers, or an iid task whose mean per batch is not below the slots left on
+    average, raises ConfigError naming `path[k].frequency`; an iid draw above the slots left is carried (`_carry`).
+    """
     B, K = global_batch_seqs, len(tasks)
     if len(task_cfgs) != K:
         raise ValueError("plan_injections: one config per task")
@@ -194,17 +217,29 @@ def plan_injections(tasks: list[Task], task_cfgs: list[LMTaskConfig], *, steps: 
     rates = np.array([c.rate_per_batch(tokens_per_batch) for c in task_cfgs])  # (K,) instances per batch
     counts = np.stack([_schedule(c, r, steps, _rng(seed, t.name, 1)) for c, r, t in zip(task_cfgs, rates, tasks)]
                       ) if K else np.zeros((0, steps), dtype=np.int64)    # (K, steps)
-    need = counts.sum(axis=0)                                                  # (steps,)
     capacity = slots.counts.reshape(steps, B).sum(axis=1)                      # (steps,)
+    iid = np.array([c.schedule is ScheduleKind.IID for c in task_cfgs], dtype=bool)
+    # Interval and burst counts are exact: a batch they overflow is an error.
+    need = counts[~iid].sum(axis=0)                                            # (steps,)
     over = np.flatnonzero(need > capacity)
     if over.size:
         s = int(over[0])
-        k = int(np.argmax(counts[:, s]))
+        k = int(np.argmax(np.where(iid, -1, counts[:, s])))
         hint = " or every" if task_cfgs[k].schedule is ScheduleKind.BURST else ""
         raise ConfigError(f"{path}[{k}].frequency: {tasks[k].name} ({task_cfgs[k].frequency:g} {task_cfgs[k].unit}, "
                           f"{task_cfgs[k].schedule}) needs {need[s]} injection slots at step {s} but that batch offers "
                           f"{capacity[s]} (document starts with room for {INSTANCE_TOKENS} tokens); lower the "
                           f"frequency{hint}")
+    # iid draws take the slots left, task after task; a draw above them waits for the next batches with room.
+    room = capacity - need
+    for k in np.flatnonzero(iid):
+        if rates[k] >= room.mean():
+            raise ConfigError(f"{path}[{k}].frequency: {tasks[k].name} ({task_cfgs[k].frequency:g} "
+                              f"{task_cfgs[k].unit}, iid) draws {rates[k]:.4g} instances per batch on average but the "
+                              f"batches have {room.mean():.4g} free injection slots on average (document starts with "
+                              f"room for {INSTANCE_TOKENS} tokens, less the tasks before it); lower the frequency")
+        counts[k] = _carry(counts[k], room)
+        room -= counts[k]
 
     chosen, task_ids = _place(slots, counts, B, np.random.default_rng([seed, 0x5107]))
     row, offset = np.searchsorted(slots.indptr, chosen, side="right") - 1, slots.offsets[chosen]
@@ -395,10 +430,23 @@ def _schedule(cfg: LMTaskConfig, rate: float, steps: int, rng: np.random.Generat
         return rng.poisson(rate, size=steps).astype(np.int64)
     if cfg.schedule is ScheduleKind.INTERVAL:
         return np.diff(_ceil_count(np.arange(steps + 1) * rate))
+    # Burst b lands at step b * every with the share of its period, [b * every, (b + 1) * every) cut at `steps`: a
+    # last, partial period gets the share of the steps it has, so the run delivers the matched rate.
     out = np.zeros(steps, dtype=np.int64)
-    bursts = math.ceil(steps / cfg.every)
-    out[::cfg.every] = np.diff(_ceil_count(np.arange(bursts + 1) * cfg.every * rate))
+    ends = np.minimum(np.arange(math.ceil(steps / cfg.every) + 1) * cfg.every, steps)
+    out[::cfg.every] = np.diff(_ceil_count(ends * rate))
     return out
+
+
+def _carry(draws: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """`draws` (steps,) clipped to `room` (steps,) without losing any: what a batch cannot take waits for the next
+    batches with room, and what is still waiting after the last batch goes into the
+    latest batches with room left. Only a run whose whole room is smaller than the draws' total loses the rest."""
+    x = np.cumsum(draws - room)
+    backlog = x - np.minimum(np.minimum.accumulate(x), 0)  # after batch s: max(0, backlog[s-1] + draws[s] - room[s])
+    out = draws + np.concatenate([[0], backlog[:-1]]) - backlog
+    left = np.minimum(np.cumsum((room - out)[::-1]), backlog[-1])  # the leftover, from the last batch backwards
+    return out + np.diff(left, prepend=0)[::-1]
 
 
 def _place(slots: SlotTable, counts: np.ndarray, B: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -131,6 +131,8 @@ class LMConfig(Config):
                                  ("seed", self.seed, 0)]:
             if value < low:
                 raise ConfigError(f"{name}: must be >= {low}, got {value}")
+        if self.eval.context:
+            self.eval.context_position(d.seq_len)  # the in-context prompt fits the sequences
         if t.micro_batch_seqs and t.global_batch_seqs % t.micro_batch_seqs:
             raise ConfigError(f"train.micro_batch_seqs: {t.micro_batch_seqs} does not divide "
                               f"train.global_batch_seqs = {t.global_batch_seqs}")
@@ -161,8 +163,8 @@ class LMResult:
         m = self.metrics
         last = max(m["step"]) if m.get("step") else None
         rows = [i for i, s in enumerate(m.get("step", [])) if s == last]
-        tasks = [{"name": m["task"][i], **{k: m[k][i] for k in ("kind", "frequency", "train_loss", "test_loss",
-                                                                 "test_acc_labels", "test_acc_vocab",
+        tasks = [{"name": m["task"][i], **{k: m[k][i] for k in ("kind", "frequency", "train_seen", "train_loss",
+                                                                 "test_loss", "test_acc_labels", "test_acc_vocab",
                                                                  "reference_loss")}}
                  for i in rows if m["task"][i] is not None]
         keys = ("steps", "tokens", "params", "non_embedding_params", "vocab_size", "wall_time_s", "tokens_per_s",
@@ -311,8 +313,8 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
     ).build(model, device=p.device)
 
     frequencies = [p.plan.requested[c.name].per_token for c in cfg.tasks]
-    evalset = build_evalset(p.tasks, frequencies, cfg.eval, heldout=p.manifest.read("heldout"), seq_len=T,
-                            eos_id=p.manifest.eos_id, seed=cfg.seed, references=_references(cfg, p))
+    evalset = build_evalset(p.tasks, frequencies, cfg.eval, plan=p.plan, heldout=p.manifest.read("heldout"),
+                            seq_len=T, eos_id=p.manifest.eos_id, seed=cfg.seed, references=_references(cfg, p))
     bar = progress_bar() if progress and rank == 0 else None
     shown = ProgressCallback(progress=bar) if bar is not None else None
     evaluator = LMEvalCallback(evalset=evalset, every=cfg.eval.every, batch_seqs=cfg.eval.batch_seqs,
@@ -449,7 +451,8 @@ class ProgressCallback(Callback):
             return
         r = rows[0]
         parts = [f"held-out {r['heldout_loss']:.3f}"] if r.get("heldout_loss") is not None else []
-        parts += [f"{x['task']} {x['train_loss']:.2f}" for x in rows if x.get("task") is not None]
+        parts += [f"{x['task']} {x['train_loss']:.2f}" for x in rows  # no train loss before an injection
+                  if x.get("task") is not None and x.get("train_loss") is not None]
         self.progress.update(self._task, description="  ".join(["train", *parts]))
 
 

@@ -84,15 +84,22 @@ def test_run_writes_every_metric_and_learns_the_frequent_task(whole):
     assert set(COLUMNS) | {"ref_cmp_loss", "ref_add_loss"} <= set(m)
     assert sorted(set(m["step"])) == list(range(0, 81, 10))
     assert m["tokens_seen"][-1] == 80 * 8 * 64 == s["tokens"]
-    for col in ("train_loss", "test_loss", "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss"):
+    for col in ("test_loss", "test_acc_labels", "test_acc_vocab", "heldout_loss", "reference_loss",
+                "test_loss_ctx", "test_acc_labels_ctx", "test_acc_vocab_ctx"):
         assert all(v is not None and v == v for v in m[col]), col  # present and not NaN at every step
+    for col in ("train_loss", "train_acc_labels", "train_loss_ctx", "train_acc_labels_ctx"):
+        # scored once an instance has been trained on, None before
+        assert all((v is None) == (n == 0) and (v is None or v == v) for v, n in zip(m[col], m["train_seen"])), col
     assert m["lm_loss"][0] is None and all(v > 0 for v in m["lm_loss"][2:])
 
     def curve(task: str, col: str) -> list[float]:
         return [v for t, v in zip(m["task"], m[col]) if t == task]
 
+    assert curve("cmp-frequent", "train_seen")[:3] == [0, 52, 103]  # 5.12 per step (interval), no repeat yet
     cmp = curve("cmp-frequent", "train_loss")
-    assert cmp[-1] < 0.6 * cmp[0], cmp  # 5 instances per batch: the label pair is learned within 80 steps
+    # 5 instances per batch: the label pair is learned within 80 steps. At step 0 nothing is seen (None); the
+    # untrained model's loss on the task's prompts is its test loss there.
+    assert cmp[0] is None and cmp[-1] < 0.6 * curve("cmp-frequent", "test_loss")[0], cmp
     assert curve("cmp-frequent", "test_acc_vocab")[-1] > curve("cmp-frequent", "test_acc_vocab")[0]
     held = curve("cmp-frequent", "heldout_loss")
     assert held[-1] < held[0]
@@ -108,6 +115,34 @@ def test_run_writes_every_metric_and_learns_the_frequent_task(whole):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["kind"] == "lm.train"
     assert (out / "checkpoints" / "step80" / "model_and_optim").is_dir()
+
+
+def test_train_loss_scores_only_instances_injected_before_the_step(whole, tmp_path):
+    """Every train instance an evaluation scores was injected (injections.parquet) in a batch before that step;
+    train_seen counts them all; the final train loss recomputed from the last checkpoint on those instances."""
+    from raretask.config import load_config
+    from raretask.lm.evaluate import build_evalset, split_scores
+    from raretask.lm.train import LMConfig, load_trained_model, prepare
+
+    out, _ = whole
+    cfg = load_config(LMConfig, out / "config.toml")
+    p = prepare(cfg, tmp_path)  # the run's tasks and plan, rebuilt from its config
+    probes = {pr.name: pr for pr in build_evalset(p.tasks, [1.0] * len(p.tasks), cfg.eval, plan=p.plan, heldout=None,
+                                                   seq_len=cfg.data.seq_len, eos_id=0, seed=cfg.seed).probes}
+    log = pq.read_table(out / "injections.parquet").to_pydict()
+    m = pq.read_table(out / "metrics.parquet").to_pydict()
+    for step, task, seen in zip(m["step"], m["task"], m["train_seen"]):
+        injected = {i for s, t, i in zip(log["step"], log["task"], log["instance"]) if t == task and s < step}
+        ids = probes[task].train_ids(step)
+        assert set(ids.tolist()) <= injected and seen == len(injected), (step, task)
+        assert len(ids) == min(cfg.eval.train_instances, len(injected))
+    assert max(m["train_seen"]) > cfg.eval.train_instances  # the subset is a real subset at the end
+    model = load_trained_model(out)
+    probe, last = probes["cmp-frequent"], max(m["step"])
+    got = split_scores(lambda ids, **kw: model(ids, **kw), *probe.prompts(probe.train_ids(last)), probe.label_set,
+                       256, model.embeddings.weight.device)
+    want = [v for s, t, v in zip(m["step"], m["task"], m["train_loss"]) if s == last and t == "cmp-frequent"][0]
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_the_last_checkpoint_is_the_trained_model(whole, corpus):
@@ -169,6 +204,7 @@ def _evaluated(out: Path, step: int) -> bool:
     ("model.vocab_size=300", "model.vocab_size"),
     ("model.preset=4B", "model.preset"),
     ("tasks[0].frequency=0.1", "tasks[0].frequency"),
+    ("eval.context_pos=60", "eval.context_pos"),  # EOS at 60 leaves no room for an instance in 64 tokens
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(config, tmp_path, cli, override, field, monkeypatch):
     from raretask.lm import models

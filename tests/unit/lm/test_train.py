@@ -36,6 +36,7 @@ def lm_config(*overrides: str) -> LMConfig:
     ("train.device=tpu", "train.device"),
     ("eval.every=0", "eval.every"),
     ("eval.heldout_seq_len=1", "eval.heldout_seq_len"),
+    ("eval.context_pos=252", "eval.context_pos"),  # EOS at 252 leaves no room for an instance in 256 tokens
     ("data.seq_len=2", "data.seq_len"),
     ("model.preset=1T", "model.preset"),
 ])
@@ -106,34 +107,42 @@ def test_scores_of_hand_made_logits():
     assert _scores(logits, torch.tensor([3, 2]), label_set)[1:].tolist() == [0, 0]
 
 
+ALL_SEEN = np.zeros(10_000, dtype=np.int64)  # every instance first injected at step 0: all seen from step 1 on
+
+
 def test_task_probe_scores_fixed_subsets_with_the_chosen_prompt(tasks):
     t = tasks[0]
     cfg = EvalConfig(train_instances=50, test_instances=0)
-    a, b = task_probe(t, "comparison", 1e-3, cfg, eos_id=0, seed=5), task_probe(t, "comparison", 1e-3, cfg, 0, 5)
-    assert torch.equal(a.train_prompts, b.train_prompts)  # the same instances at every evaluation
-    assert len(a.train_labels) == 50 and len(a.test_labels) == len(t.test_ids) == 5000  # 0 = all
+    a = task_probe(t, "comparison", 1e-3, cfg, eos_id=0, seed=5, first_steps=ALL_SEEN)
+    b = task_probe(t, "comparison", 1e-3, cfg, 0, 5, ALL_SEEN)
+    assert np.array_equal(a.train_ids(1), b.train_ids(1)) and np.array_equal(a.train_ids(1), a.train_ids(9))
+    assert len(a.train_ids(1)) == 50 and len(a.test_ids) == len(t.test_ids) == 5000  # 0 = all
+    prompts, labels = a.prompts(a.train_ids(1))
     inst = t.instances
-    rows = [int(np.flatnonzero((inst[:, 0] == p[0].item()) & (inst[:, 1] == p[1].item()))[0])
-            for p in a.train_prompts]
-    assert set(rows) <= set(t.train_ids.tolist()) and list(a.train_labels) == list(inst[rows, 2])
-    eos = task_probe(t, "comparison", 1e-3, EvalConfig(train_instances=50, prompt=PromptKind.EOS), 0, 5)
-    assert eos.train_prompts.shape == (50, 3) and (eos.train_prompts[:, 0] == 0).all()
-    assert torch.equal(eos.train_prompts[:, 1:], a.train_prompts)
+    rows = [int(np.flatnonzero((inst[:, 0] == p[0].item()) & (inst[:, 1] == p[1].item()))[0]) for p in prompts]
+    assert rows == a.train_ids(1).tolist() and set(rows) <= set(t.train_ids.tolist())
+    assert list(labels) == list(inst[rows, 2])
+    eos = task_probe(t, "comparison", 1e-3, EvalConfig(train_instances=50, prompt=PromptKind.EOS), 0, 5, ALL_SEEN)
+    eos_prompts, _ = eos.prompts(eos.train_ids(1))
+    assert eos_prompts.shape == (50, 3) and (eos_prompts[:, 0] == 0).all()
+    assert torch.equal(eos_prompts[:, 1:], prompts)
     assert set(a.label_set.tolist()) == set(t.label_tokens.tolist()) and len(a.label_set) == 2
 
 
 def test_task_metrics_are_the_label_token_after_the_prompt(model, tasks):
-    probe = task_probe(tasks[1], "modular_addition", 1e-3, EvalConfig(train_instances=40, test_instances=30), 0, 0)
+    probe = task_probe(tasks[1], "modular_addition", 1e-3, EvalConfig(train_instances=40, test_instances=30), 0, 0,
+                       ALL_SEEN)
     es = EvalSet(probes=[probe], heldout=None)
-    per_task, _ = evaluate(model, forward_of(model), es, batch=16, device=torch.device("cpu"))
+    per_task, _ = evaluate(model, forward_of(model), es, batch=16, device=torch.device("cpu"), step=1)
+    train_prompts, train_labels = probe.prompts(probe.train_ids(1))
     with torch.no_grad():
-        logits = model(probe.train_prompts)[:, -1]  # (n, V): the next token after TOK1 TOK2
-    assert per_task["add"]["train_loss"] == pytest.approx(F.cross_entropy(logits, probe.train_labels).item(),
-                                                          rel=1e-5)
+        logits = model(train_prompts)[:, -1]  # (n, V): the next token after TOK1 TOK2
+    assert per_task["add"]["train_loss"] == pytest.approx(F.cross_entropy(logits, train_labels).item(), rel=1e-5)
+    test_prompts, test_labels = probe.prompts(probe.test_ids)
     with torch.no_grad():
-        test_logits = model(probe.test_prompts)[:, -1]
+        test_logits = model(test_prompts)[:, -1]
     best = probe.label_set[test_logits[:, probe.label_set].argmax(-1)]
-    assert per_task["add"]["test_acc_labels"] == pytest.approx((best == probe.test_labels).float().mean().item())
+    assert per_task["add"]["test_acc_labels"] == pytest.approx((best == test_labels).float().mean().item())
 
 
 def test_heldout_loss_is_the_mean_next_token_loss(model):
@@ -160,10 +169,11 @@ def test_reference_loss_does_not_see_the_padding(model):
 
 def test_evaluate_restores_the_model_mode(model, tasks):
     es = build_evalset(tasks, [1e-3, 1e-3], EvalConfig(train_instances=8, test_instances=8, heldout_tokens=64),
+                       plan=SimpleNamespace(first_steps=lambda name: ALL_SEEN),
                        heldout=np.arange(2, 200, dtype=np.uint16), seq_len=16, eos_id=0, seed=0)
     assert es.heldout.shape == (4, 16)
     model.train()
-    _, step = evaluate(model, forward_of(model), es, batch=8, device=torch.device("cpu"))
+    _, step = evaluate(model, forward_of(model), es, batch=8, device=torch.device("cpu"), step=1)
     assert model.training and np.isfinite(step["heldout_loss"])
     model.eval()
 
