@@ -155,8 +155,9 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
         return
     s = result.summary()
     click.echo(f"wrote {out_dir}: {s['steps']} steps, {s['tokens']:,} tokens, held-out loss {s['heldout_loss']:.3f}")
-    for t in s["tasks"]:
-        click.echo(f"  {t['name']:16s} train loss {t['train_loss']:.3f}  test acc {t['test_acc_labels']:.3f} (labels) "
+    for t in s["tasks"]:  # a task never injected by the end has no train loss
+        train_loss = "-" if t["train_loss"] is None else f"{t['train_loss']:.3f}"
+        click.echo(f"  {t['name']:16s} train loss {train_loss}  test acc {t['test_acc_labels']:.3f} (labels) "
                    f"{t['test_acc_vocab']:.3f} (vocab)")
 
 
