@@ -72,7 +72,7 @@ def write_root(root: Path, title: str, sections: list[Section]) -> Path:
     """root/report.html: the scorecard of every run under root, a table of contents, then `sections` (gathered by
     the caller, figures already drawn)."""
     root = Path(root)
-    return write_report(root, title, sections, first=scorecard.scorecard_section(scorecard.judge(root), root))
+    return write_report(root, title, sections, first=scorecard.section(root))
 
 
 def write_tree(root: Path, title: str | None = None) -> Path:

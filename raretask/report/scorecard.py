@@ -696,15 +696,21 @@ def judge(root: Path) -> list[Verdict]:
     return judge_tables(load_runs(root)[0])
 
 
+def section(root: Path) -> Section:
+    """The scorecard section of the runs under root (the first section of its report page)."""
+    tables, skipped = load_runs(root)
+    return scorecard_section(judge_tables(tables), Path(root), skipped)
+
+
 # ------------------------------------------------------------------------------------------------- the section
 
 
 VERDICT_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "fail", NOT_RUN: "none"}
 
 
-def scorecard_section(verdicts: list[Verdict], root: Path | None = None) -> Section:
+def scorecard_section(verdicts: list[Verdict], root: Path | None = None, skipped: list[str] = ()) -> Section:
     """The page's first section: one row per claim (verdict, measured numbers, a link to the figure on the page),
-    the criteria fixed in this module stated below it."""
+    the criteria fixed in this module stated below it; `skipped`: runs that could not be read (load_runs)."""
     counts = {v: sum(1 for x in verdicts if x.verdict == v) for v in (REPRODUCED, NOT_REPRODUCED, NOT_RUN)}
     rows: list[list[Any]] = [["claim", "statement", "verdict", "measured", "figure"]]
     for v in verdicts:
@@ -718,5 +724,7 @@ def scorecard_section(verdicts: list[Verdict], root: Path | None = None) -> Sect
             f"{counts[NOT_REPRODUCED]} not reproduced, {counts[NOT_RUN]} not run (no run of the kind that can test "
             "them). Each criterion was fixed in raretask/report/scorecard.py before any run was made; a claim is "
             "reproduced only if every run that can test it meets it.")
+    if skipped:
+        text += " Runs not read (unfinished?): " + "; ".join(skipped) + "."
     return Section("Scorecard: the paper's claims on these runs", text, table=rows,
                    items=[f"{v.claim.id} ({v.claim.kind}): {v.claim.criterion}" for v in verdicts])
