@@ -105,7 +105,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class RunTables:
-    """One run's plain tables (see the loaders: `load_run`) under a label (its path below the root)."""
+    """One run's plain tables (as LOADERS read them for its kind) under a label (its path below the root)."""
 
     label: str
     kind: str
@@ -708,7 +708,8 @@ def section(root: Path) -> Section:
 VERDICT_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "fail", NOT_RUN: "none"}
 
 
-def scorecard_section(verdicts: list[Verdict], root: Path | None = None, skipped: list[str] = ()) -> Section:
+def scorecard_section(verdicts: list[Verdict], root: Path | None = None, skipped: list[str] | None = None
+                      ) -> Section:
     """The page's first section: one row per claim (verdict, measured numbers, a link to the figure on the page),
     the criteria fixed in this module stated below it; `skipped`: runs that could not be read (load_runs)."""
     counts = {v: sum(1 for x in verdicts if x.verdict == v) for v in (REPRODUCED, NOT_REPRODUCED, NOT_RUN)}
