@@ -225,7 +225,6 @@ def demo(out: str, part: str, no_progress: bool) -> None:
     (residual, retention, toys, interference, neurons). LM: the embedded news corpus prepared with a small BPE, then
     the CPU sweep of configs/lm/demo.toml (3 sizes x 2 frequencies x both tasks). Every step resumes or skips what a
     previous demo into the same DIR finished."""
-    from raretask.report.html import write_report
     from raretask.synthetic.train import SynthConfig, run
 
     out_dir, progress, sections = Path(out), not no_progress, []
@@ -251,7 +250,7 @@ def demo(out: str, part: str, no_progress: bool) -> None:
         cfg = load_config(LMSweepConfig, preset("lm/demo.toml"), [f"data.manifest={corpus.resolve()}"])
         run_sweep(cfg, out_dir / "lm" / "sweep", progress=progress)
         reported(out_dir / "lm" / "sweep")
-    click.echo(f"wrote {write_report(out_dir, 'raretask demo', sections)}")
+    click.echo(f"wrote {pages.write_root(out_dir, 'raretask demo', sections)}")
 
 
 @main.command("reproduce")

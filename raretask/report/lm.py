@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raretask.config import ConfigError
+from raretask.report import scorecard
 from raretask.report.html import Section, finished
 from raretask.report.lm_figures import FIGURES, run_curves, sweep_figures
 
@@ -128,10 +129,73 @@ def sweep_sections(run_dir: Path) -> list[Section]:
                        _fmt(res["train_loss"][i]), _fmt(res["test_loss"][i]), _fmt(res["test_acc_labels"][i]),
                        _fmt(res["test_acc_vocab"][i]), _fmt(res["heldout_loss"][i])] for i in range(n)]
     sections = [Section("LM sweep: tasks injected at controlled frequencies (paper Sec. 4)", text, table=table)]
+    sentences = figure_sentences(res, sweep.curves)
     for name, (title, caption) in FIGURE_TEXT.items():
         if name in drawn:
-            sections.append(Section(title, caption, figures=[drawn[name]]))
+            sections.append(Section(title, caption, figures=[drawn[name]],
+                                    captions={name: sentences[name]} if name in sentences else {}))
     return sections
+
+
+def _unit(table: dict[str, list], rows: list[int]) -> str:
+    units = {table["unit"][i] for i in rows} if "unit" in table else set()
+    return "per batch" if units == {"per_batch"} else "per token"
+
+
+def _change(what: str, a: float, small: str, b: float, large: str) -> str:
+    """'what rises from a (small) to b (large)', in words that match the two-decimal numbers."""
+    a2, b2 = round(a, 2), round(b, 2)
+    if a2 == b2:
+        return f"{what} is {a:.2f} at both {small} and {large}"
+    return f"{what} {'rises' if b2 > a2 else 'falls'} from {a:.2f} ({small}) to {b:.2f} ({large})"
+
+
+def figure_sentences(results: dict[str, list], curves: dict[str, list]) -> dict[str, str]:
+    """One sentence per sweep figure (file name -> sentence), means over seeds as plotted: final values from
+    results.parquet (each cell's last evaluation, the end points of the curves Fig. 6a, 6b and 23 draw), Fig. 22's
+    comparison at equal held-out loss from curves.parquet."""
+    out: dict[str, list[str]] = {}
+    rows = scorecard.lm_rows(results)
+    unit = _unit(results, rows)
+    sizes = scorecard.sizes_by_params(results, rows)
+    acc = scorecard.means(results, ("task", "grid_frequency", "size"), "test_acc_labels", rows)
+    train = scorecard.means(results, ("task", "size", "grid_frequency"), "train_loss", rows)
+    for task in dict.fromkeys(results["task"][i] for i in rows):
+        task_rows = [i for i in rows if results["task"][i] == task]
+        freqs = sorted({results["grid_frequency"][i] for i in task_rows}, reverse=True)
+        small, large = sizes[0], sizes[-1]
+        for f in sorted({freqs[0], freqs[-1]}) if len(sizes) > 1 else []:  # the rarest, then the most frequent
+            a, b = acc.get((task, f, small), math.nan), acc.get((task, f, large), math.nan)
+            out.setdefault("fig5_heatmaps.png", []).append(
+                f"{task} at {f:g} {unit}: " + _change("test accuracy", a, small, b, large))
+        if len(freqs) > 1:
+            parts = [f"{s} " + " → ".join(_fmt(train.get((task, s, f), math.nan)) for f in freqs) for s in sizes]
+            out.setdefault("fig6a_task_loss.png", []).append(
+                f"{task}, final train loss from {freqs[0]:g} down to {freqs[-1]:g} {unit}: " + ", ".join(parts))
+        e = scorecard.equal_lm_loss(curves, task)
+        if e is not None:
+            out.setdefault("fig22_task_vs_lm_loss.png", []).append(
+                f"{task} at {e['frequency']:g} {unit}, at held-out loss {e['level']:.3g} (the lowest both reach): "
+                f"task loss {e['small_loss']:.3g} ({e['small']}) and {e['large_loss']:.3g} ({e['large']})")
+    gap_rows = [i for i in scorecard.lm_rows(results, gap=None) if results["gap"][i] > 0]
+    gaps = sorted({results["gap"][i] for i in gap_rows})
+    if len(gaps) > 1:
+        loss = scorecard.means(results, ("task", "grid_frequency", "size", "gap"), "test_loss", gap_rows)
+        for task, f, size in dict.fromkeys(k[:3] for k in loss):
+            if size == scorecard.sizes_by_params(results, gap_rows)[-1]:
+                out.setdefault("fig6b_matched_frequency.png", []).append(
+                    f"{task} at {f:g} {_unit(results, gap_rows)}, {size}: final test loss at N = "
+                    + ", ".join(f"{g}: {_fmt(loss.get((task, f, size, g), math.nan))}" for g in gaps))
+    final = scorecard.means(results, ("task", "grid_frequency", "size"), "test_loss", rows)
+    compute = scorecard.means(results, ("task", "grid_frequency", "size"), "compute", rows)
+    for task in dict.fromkeys(results["task"][i] for i in rows):
+        f = min(results["grid_frequency"][i] for i in rows if results["task"][i] == task)
+        if len(sizes) > 1:
+            out.setdefault("fig23_compute.png", []).append(
+                f"{task} at {f:g} {unit}: final test loss " + ", ".join(
+                    f"{_fmt(final.get((task, f, s), math.nan))} ({s}, C = {compute.get((task, f, s), math.nan):.2g})"
+                    for s in sizes))
+    return {name: "; ".join(parts) + "." for name, parts in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------- train

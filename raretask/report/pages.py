@@ -2,19 +2,26 @@
 
     draw(run_dir)           every figure of the run, redrawn from its config.toml and tables alone
     sections(run_dir)       the report sections (text, tables, figure paths)
-    write(run_dir)          both, then run_dir/report.html
+    write(run_dir)          both, then run_dir/report.html (the scorecard of the run's claims first)
+    write_root(root, ...)   root/report.html from sections already gathered, the scorecard of every run under root
+    write_tree(root)        every run under root (found by meta.json kind) drawn and reported on one page
+
+Every page starts with the scorecard (raretask.report.scorecard): the paper's claims judged on the runs under the
+page's folder, those no run can test marked "not run".
 
 Each module named in KINDS has `figures(run_dir) -> list[Path]` and `sections(run_dir) -> list[Section]`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 
 from raretask.config import ConfigError
+from raretask.report import scorecard
 from raretask.report.html import Section, write_report
 
 KINDS = {
@@ -59,4 +66,25 @@ def write(run_dir: Path, title: str | None = None) -> Path:
     """Redraw the figures, then write run_dir/report.html."""
     run_dir = Path(run_dir)
     draw(run_dir)
-    return write_report(run_dir, title or f"raretask report: {run_dir.name}", sections(run_dir))
+    return write_root(run_dir, title or f"raretask report: {run_dir.name}", sections(run_dir))
+
+
+def write_root(root: Path, title: str, sections: list[Section]) -> Path:
+    """root/report.html: the scorecard of every run under root, a table of contents, then `sections` (gathered by
+    the caller, figures already drawn)."""
+    root = Path(root)
+    return write_report(root, title, sections, first=scorecard.section(root))
+
+
+def write_tree(root: Path, title: str | None = None) -> Path:
+    """Every run under root (a run directory, or a folder of them such as a full reproduction's) drawn, then one
+    page for all of them: root/report.html. Runs of kinds without a report are skipped."""
+    root = Path(root)
+    order = list(KINDS)
+    gathered: list[Section] = []
+    for kind, run_dir in sorted(((k, d) for k, d in scorecard.find_runs(root) if k in KINDS),
+                                key=lambda kd: (order.index(kd[0]), kd[1])):  # synthetic sweeps first, LM last
+        draw(run_dir)
+        label = "" if run_dir == root else f"{run_dir.relative_to(root)}: "  # which run, where several share a page
+        gathered += [dataclasses.replace(s, title=label + s.title) for s in sections(run_dir)]
+    return write_root(root, title or f"raretask report: {root.name}", gathered)

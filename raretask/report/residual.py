@@ -13,9 +13,10 @@ import numpy as np
 
 from raretask import runs
 from raretask.config import load_config
+from raretask.report import scorecard
 from raretask.report.html import Section, finished
 from raretask.report.plotting import pyplot, save_figure
-from raretask.report.synthetic import sweep_figures
+from raretask.report.synthetic import sweep_captions, sweep_figures
 from raretask.synthetic.dynamics import PointTheory, ResidualConfig
 from raretask.synthetic.mixture import Mixture
 from raretask.synthetic.train import expand_grid, group_name, group_slug
@@ -178,6 +179,9 @@ def sections(run_dir: Path) -> list[Section]:
         f"δ*_F(N_r^crit - 1) ({order['rose_before_residual']} cells, learned or not, rose before). Columns "
         "step_residual, step_rare_rise, delta_F_at_rise of residual.parquet.")
     applied = s.get("applied_max_ratio")
+    cfg = load_config(ResidualConfig, run_dir / "config.toml")
+    phase_captions = sweep_captions(scorecard.synthetic_tables(cfg.synth(), runs.read_table(run_dir /
+                                                                                          "results.parquet")))
     return [
         Section("Residual controls learning (Fig. 3 / 19)",
                 "End of training, every (seed, width) cell: corrected signal s~ = (s - N/d) / (1 - N/d) of the most "
@@ -186,7 +190,8 @@ def sections(run_dir: Path) -> list[Section]:
                 "optimum takes the rare task's top direction. A cell holding nothing of the rare task has s~ = "
                 "-N/(d - N), lower at larger N, so compare widths on the raw s_r column. Table: means over seeds; "
                 "learned / after: numbers of seeds." + order_text + " " + " ".join(texts),
-                figures=[run_dir / "residual_signal.png"], table=rows),
+                figures=[run_dir / "residual_signal.png"], table=rows,
+                captions={"residual_signal.png": " ".join(residual_sentence(p) for p in s["points"])}),
         Section("Theorem 4 along training",
                 "Left: ||G_F(U)||_F, the frequent set's gradient at optimal decoders, against 2 sqrt(λ1(M_F) "
                 f"δ_F(U)) at every evaluation of every cell; largest ratio {s['theorem4_max_ratio']:.4f}. This is an "
@@ -198,13 +203,55 @@ def sections(run_dir: Path) -> list[Section]:
                 "it past the bound), so its ratio, largest " + ("n/a" if applied is None else f"{applied:.4f}") +
                 ", is a measurement. theorem4.parquet also has "
                 "the raw ||dL_F/dW||_F (grad_applied_F), which scales as 1/c under W -> cW, D -> D/c.",
-                figures=[run_dir / "theorem4.png"]),
+                figures=[run_dir / "theorem4.png"],
+                captions={"theorem4.png": f"Largest ratio to the bound: {s['theorem4_max_ratio']:.3f} at optimal "
+                                          "decoders (at most 1 by construction), "
+                                          + ("n/a" if applied is None else f"{applied:.3f}") +
+                                          " with the decoders training has."}),
         Section("Per-task loss along training (Fig. 21)",
                 "Tasks the width cannot hold stay at the mean predictor's normalised loss 1; the others fall to 0.",
-                figures=sorted(run_dir.glob("loss_curves*.png"))),
+                figures=sorted(run_dir.glob("loss_curves*.png")), captions=loss_curve_captions(cfg, run_dir)),
         Section("Phase diagrams (Fig. 2 / 13)", "Width x task normalised loss with the utility staircases N*_k(m).",
-                figures=[f for f in phase if f.is_file()]),
+                figures=[f for f in phase if f.is_file()], captions=phase_captions),
     ]
+
+
+def residual_sentence(p: dict[str, Any]) -> str:
+    """Fig. 3 / 19 in words for one grid point of summary.json: the widths that learn the rare task and their δ_F
+    against the threshold (raw s_r where the run predates the learned flag)."""
+    grid = group_name(p.get("grid", {}))
+    head = (f"{grid}: the" if p.get("grid") else "The") + f" rare task {p['rare_task']} "
+    pairs = list(zip(p["widths"], p["delta_F"]))
+    if p.get("rare_learned") is None:
+        return head + "ends with raw s_r " + ", ".join(f"{_fmt(v)} (N = {n})" for n, v in
+                                                       zip(p["widths"], p.get("raw_signal_rare", p["signal_rare"])))
+    yes = [(n, d) for (n, d), k in zip(pairs, p["rare_learned"]) if k]
+    no = [(n, d) for (n, d), k in zip(pairs, p["rare_learned"]) if not k]
+
+    def listed(cells: list[tuple[int, float]]) -> str:
+        return "no width" if not cells else (f"N = {', '.join(str(n) for n, _ in cells)} (δ_F "
+                                             f"{', '.join(f'{d:.3g}' for _, d in cells)})")
+
+    return (head + f"is learned (in some seed) at {listed(yes)} and not at {listed(no)}; δ*_F(N_r^crit) = "
+            f"{p['threshold']:.3g}, δ*_F(N_r^crit - 1) = {p['threshold_upper']:.3g}.")
+
+
+def loss_curve_captions(cfg: ResidualConfig, run_dir: Path) -> dict[str, str]:
+    """Fig. 21 in words, per grid point: how many tasks end below half the mean predictor's loss at each width."""
+    curves = runs.read_table(run_dir / "curves.parquet")
+    points = list(expand_grid(cfg.synth()))
+    out = {}
+    for assign, point in points:
+        rows = [i for i in range(len(curves["task"])) if all(curves[k][i] == v for k, v in assign.items())]
+        last = max((curves["step"][i] for i in rows), default=0)
+        final = scorecard.means(curves, ("width", "task"), "normalised_loss",
+                                [i for i in rows if curves["step"][i] == last])
+        tasks = point.mixture.build().num_tasks
+        below = ", ".join(f"{sum(1 for (w, _), v in final.items() if w == n and v < 0.5)} of {tasks} at N = {n}"
+                          for n in cfg.sweep.widths)
+        suffix = "" if len(points) == 1 else "_" + group_slug(assign)
+        out[f"loss_curves{suffix}.png"] = f"At step {last}, tasks below normalised loss 0.5 (mean over seeds): {below}."
+    return out
 
 
 def _fmt(v: float | None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raretask.report import scorecard
 from raretask.report.html import Section
 from raretask.report.plotting import pyplot, save_figure
 from raretask.synthetic.retention import RareSchedule, RetentionResult, frequent_tasks, quiet, rare_task, read_retention
@@ -125,6 +126,7 @@ def sections(run_dir: Path) -> list[Section]:
            RareSchedule.IID: "drawn with probability rho_r for every sample"}[inj.schedule]
     cells = "Cells: mean over seeds [min, max]."
     d = mixture.dim
+    captions = retention_captions(result)
     return [
         Section("Retention: final rare-task signal (gap G x width N)",
                 f"Rare task {result.rare!r} at the matched rate rho_r = {inj.rate:.3g}, {how}; {cfg.train.steps} "
@@ -135,7 +137,8 @@ def sections(run_dir: Path) -> list[Section]:
                 f"-N/(d - N) ({', '.join(f'{-n / (d - n):.3f}' for n in cfg.sweep.widths)} at N = "
                 f"{', '.join(str(n) for n in cfg.sweep.widths)}, d = {d}), so it can reverse a width ordering; at "
                 f"one width both order the gaps alike. {cells}",
-                figures=[run_dir / "retention_final.png"], table=_grid_table(result, "signal_rare")),
+                figures=[run_dir / "retention_final.png"], table=_grid_table(result, "signal_rare"),
+                captions=captions),
         Section("Retention: final corrected signal s~_r",
                 f"s~_r of the same cells (compare it across gaps, not widths). {cells}",
                 table=_grid_table(result, "signal_rare_corrected")),
@@ -143,17 +146,53 @@ def sections(run_dir: Path) -> list[Section]:
                 "Left axis: s~_r per seed (blue), raw s_r (orange) and the frequent set's s~_F (grey, dashed); green "
                 "ticks: injections. Right axis (dotted, mean over seeds): each measured cycle's gain (peak minus "
                 "start) and decay (peak minus the next start) of s~_r (cycles.parquet also has them on raw s_r).",
-                figures=[run_dir / "retention_traces.png"]),
+                figures=[run_dir / "retention_traces.png"], captions=captions),
         Section("Retention: decay per cycle",
                 "1 - a, with a the least-squares slope through the origin of s_r at the next cycle's start on s_r at "
                 f"the cycle's peak, over the cycles after {cfg.eval.fit_from:g} of training: the fraction of what "
                 f"an injection left that is gone by the next one (1: update-and-forget, 0: kept). {cells}",
-                figures=[run_dir / "retention_decay.png"], table=_grid_table(result, "decay_per_cycle")),
+                figures=[run_dir / "retention_decay.png"], captions=captions,
+                table=_grid_table(result, "decay_per_cycle")),
         Section("Retention: frequent tasks and gradient interference",
                 f"Table: final s~_F of the frequent set F = {', '.join(mixture.names[k] for k in F)}. Figure: cosine "
                 "between the encoder gradients of a fresh rare-task batch and a fresh frequent-set batch over "
                 f"training. {cells}",
-                figures=[run_dir / "retention_cosine.png"], table=_grid_table(result, "signal_frequent_corrected")),
+                figures=[run_dir / "retention_cosine.png"], captions=captions,
+                table=_grid_table(result, "signal_frequent_corrected")),
     ]
 
 
+def retention_captions(result: RetentionResult) -> dict[str, str]:
+    """One sentence per figure, read from the tables it draws (final, cycles, cosines): the final s_r pattern
+    (scorecard claim S5's numbers), what an injection adds and loses, the decay per cycle, the gradient cosine."""
+    t = result.tables
+    gaps, widths = result.config.sweep.gaps, result.config.sweep.widths
+    pattern = scorecard.check_retention({"final": t["final"]})
+    final = scorecard.means(t["final"], ("gap", "width"), "signal_rare")
+    lo, hi = min(final, key=final.get), max(final, key=final.get)
+    out = {"retention_final.png": "Final raw s_r (mean over seeds) " + (
+        pattern.numbers.removeprefix("s_r ") if pattern.verdict != scorecard.NOT_RUN else
+        f"from {final[lo]:.3f} (G = {lo[0]}, N = {lo[1]}) to {final[hi]:.3f} (G = {hi[0]}, N = {hi[1]})") + "."}
+    cyc = t["cycles"]
+    gain = scorecard.means(cyc, ("gap", "width"), "gain")
+    loss = scorecard.means(cyc, ("gap", "width"), "decay")
+    G = max(gaps)
+    if (G, widths[0]) in gain and (G, widths[-1]) in gain:
+        out["retention_traces.png"] = (
+            f"At the largest gap G = {G}, a measured cycle's injection raises s~_r by {gain[G, widths[0]]:.3g} "
+            f"(N = {widths[0]}) and {gain[G, widths[-1]]:.3g} (N = {widths[-1]}) on average, and the next cycle "
+            f"starts {loss[G, widths[0]]:.3g} and {loss[G, widths[-1]]:.3g} below the peak.")
+    dec = scorecard.means(t["final"], ("gap", "width"), "decay_per_cycle")
+    if dec:
+        lo, hi = min(dec, key=dec.get), max(dec, key=dec.get)
+        more = sum(1 for n in widths if (G, n) in dec and (min(gaps), n) in dec and dec[G, n] > dec[min(gaps), n])
+        out["retention_decay.png"] = (
+            f"Decay per cycle from {dec[lo]:.3g} (G = {lo[0]}, N = {lo[1]}) to {dec[hi]:.3g} (G = {hi[0]}, N = "
+            f"{hi[1]}); larger at G = {G} than at G = {min(gaps)} at {more} of {len(widths)} widths.")
+    cos = scorecard.means(t["cosines"], ("gap", "width"), "cosine")
+    if cos:
+        lo, hi = min(cos, key=cos.get), max(cos, key=cos.get)
+        out["retention_cosine.png"] = (
+            f"cos(G_r, G_F) averaged over training and seeds ranges from {cos[lo]:.3f} (G = {lo[0]}, N = {lo[1]}) "
+            f"to {cos[hi]:.3f} (G = {hi[0]}, N = {hi[1]}).")
+    return out

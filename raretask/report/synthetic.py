@@ -10,6 +10,7 @@ import numpy as np
 
 from raretask import runs
 from raretask.config import load_config
+from raretask.report import scorecard
 from raretask.report.html import Section, finished
 from raretask.report.plotting import pyplot, save_figure
 
@@ -103,6 +104,54 @@ def figures(run_dir: Path) -> list[Path]:
     return sweep_figures(runs.read_table(finished(run_dir, "results.parquet")), cfg, run_dir)
 
 
+def sweep_captions(tables: dict[str, Any]) -> dict[str, str]:
+    """One sentence per figure of sweep_figures (file name -> sentence), read from the same results table and
+    mixtures (scorecard.synthetic_tables): where each task is first held against the staircase, and how far the
+    trained losses sit from theory."""
+    from raretask.synthetic.train import group_slug
+
+    res, widths, out, worst = tables["results"], tables["widths"], {}, None
+    step = {w: i for i, w in enumerate(sorted(widths))}
+    for point in tables["points"]:
+        suffix = "" if len(tables["points"]) == 1 else "_" + group_slug(point["grid"])
+        if point["orthogonal"]:  # the staircase N*_k(m) is defined for orthogonal task subspaces only
+            out[f"phase_diagram{suffix}.png"] = _staircase_sentence(tables, point, step)
+        rows = [i for i in range(len(res["task"])) if all(res[k][i] == v for k, v in point["grid"].items())]
+        obs = scorecard.means(res, ("task", "width"), "normalised_loss", rows)
+        pred = scorecard.means(res, ("task", "width"), "theory_normalised_loss", rows)
+        for key in obs.keys() & pred.keys():
+            err = abs(obs[key] - pred[key])
+            if worst is None or err > worst[0]:
+                worst = (err, key, point)
+    if worst is not None:
+        err, (task, width), point = worst
+        name = ", ".join(f"{k} = {v}" for k, v in point["grid"].items())
+        out["observed_vs_predicted.png"] = (
+            f"Trained and theory normalised losses (means over seeds) differ by at most {err:.4f}, at task {task}, "
+            f"N = {width}{' (' + name + ')' if name else ''}; points on the diagonal are cells where the run meets "
+            "Theorem 3.")
+    return out
+
+
+def _staircase_sentence(tables: dict[str, Any], point: dict[str, Any], step: dict[int, int]) -> str:
+    """Where each task of one grid point is first held, against the staircase N*_k(1)."""
+    widths = tables["widths"]
+    held, stairs = scorecard.held_widths(tables, point), scorecard.staircase_widths(point, widths)
+    tasks = point["tasks"]
+    on = sum(held[t["name"]] == stairs[t["name"]] for t in tasks)
+    near = sum(abs(step.get(held[t["name"]], len(widths)) - step.get(stairs[t["name"]], len(widths))) <= 1
+               for t in tasks)
+    rarest = min(tasks, key=lambda t: t["frequency"])["name"]
+
+    def where(n: int | None) -> str:
+        return "beyond the sweep" if n is None else f"N = {n}"
+
+    return (f"The first width at which a task holds its top direction (mean normalised loss <= 1 - "
+            f"{scorecard.HELD_SHARE:g} λ_k1 / Tr C_k) is the staircase's N*_k(1) for {on} of {len(tasks)} tasks "
+            f"(within one width step: {near}); the rarest, {rarest}, from {where(held[rarest])} (theory "
+            f"{where(stairs[rarest])}).")
+
+
 def sections(run_dir: Path) -> list[Section]:
     """The theory table and the trained-vs-theory figures of a finished `synth run` directory."""
     from raretask.synthetic.train import SynthConfig
@@ -126,5 +175,5 @@ def sections(run_dir: Path) -> list[Section]:
         Section("Synthetic sweep: trained vs theory",
                 f"Every cell trained online; largest |observed - predicted| normalised loss over cells and seeds: "
                 f"{err:.3f}.",
-                figures=figs),
+                figures=figs, captions=sweep_captions(scorecard.synthetic_tables(cfg, res))),
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raretask.report import scorecard
 from raretask.report.html import Section
 from raretask.report.plotting import pyplot, save_figure
 from raretask.synthetic.toys import column, read_toy
@@ -87,7 +88,8 @@ def sections(run_dir: Path) -> list[Section]:
                 f"On seeded traces every gap between rare updates that starts at theta <= {cfg.forget.theta0:g} "
                 f"does the same (middle; the largest relative error per eta), and the angle follows the mean-field "
                 f"drift E[d theta] = eta (q - p) sin 2 theta (right).",
-                figures=[run_dir / "forget.png"], table=decay),
+                figures=[run_dir / "forget.png"], table=decay,
+                captions={"forget.png": forget_sentence(result.tables["decay"], cfg.forget.gap)}),
         Section("Fig. 11: competition over neurons",
                 f"Neurons gated by a softmax over their alignments with each task (sharpness "
                 f"{cfg.competition.sharpness:g}), seeds {cfg.seeds}. The paper's picture: one neuron goes to the "
@@ -95,5 +97,22 @@ def sections(run_dir: Path) -> list[Section]:
                 f"the rare alignment stays near 1. Measured at step {s['competition'][0]['step']}: "
                 + "; ".join(f"N = {e['width']}: rare alignment {e['rare_alignment']:.3f} (mean over seeds)"
                             for e in s["competition"]) + ".",
-                figures=[run_dir / "fig11.png"], table=comp),
+                figures=[run_dir / "fig11.png"], table=comp,
+                captions={"fig11.png": competition_sentence(result.tables["competition"])}),
     ]
+
+
+def forget_sentence(decay: dict[str, list], gap: int) -> str:
+    """Example 7 in words, from the decay table forget.png draws (scorecard claim S6's measurement)."""
+    errs = scorecard.decay_errors(decay)
+    lr = max(errs, key=errs.get)
+    return (f"After G = {gap} common steps, theta_G / theta_0 is (1 - 2 eta)^G to within {errs[lr]:.2%} for every "
+            f"eta (worst at eta = {lr:g}); e^(-2 eta G) is the small-eta limit.")
+
+
+def competition_sentence(comp: dict[str, list]) -> str:
+    """Fig. 11 in words: the rare task's final alignment per width, mean over seeds, from the competition table."""
+    last = max(comp["step"])
+    rare = scorecard.means(comp, ("width",), "rare_alignment", [i for i, s in enumerate(comp["step"]) if s == last])
+    return (f"At step {last} the rare task's alignment (mean over seeds) is "
+            + ", ".join(f"{v:.3f} with {w} neuron{'s' if w > 1 else ''}" for (w,), v in sorted(rare.items())) + ".")

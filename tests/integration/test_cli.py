@@ -94,7 +94,7 @@ def test_demo_writes_one_report_with_every_part(cli, tmp_path, monkeypatch):
     r = cli("demo", "--out", out, "--no-progress")
     assert r.exit_code == 0, r.stderr
     page = (out / "report.html").read_text()
-    images = re.findall(r"<img src='([^']+)'", page)
+    images = re.findall(r"<img src='data:image/png;base64,[^']+' alt='([^']+)'", page)  # embedded, named by file
     assert {"synthetic/phase_diagram.png", "synthetic/observed_vs_predicted.png"} <= set(images)
     assert any(i.startswith("residual/") for i in images) and any(i.startswith("lm/sweep/") for i in images)
     for img in images:

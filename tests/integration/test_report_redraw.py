@@ -3,6 +3,8 @@ and each comes back byte for byte (matplotlib's Agg PNGs carry no time stamp, so
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from .conftest import ROOT
@@ -42,4 +44,5 @@ def test_report_redraws_every_figure_from_the_run_directory(cli, tmp_path, name)
     assert cli("report", out).exit_code == 0
     assert png_bytes(out) == drawn
     page = (out / "report.html").read_text()
-    assert all(f"src='{n}'" in page for n in drawn)
+    # every figure embedded in the page (base64), under its file name
+    assert all(f"base64,{base64.b64encode(png).decode()}' alt='{n}'" in page for n, png in drawn.items())
