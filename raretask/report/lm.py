@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raretask.config import ConfigError
-from raretask.report import scorecard
+from raretask.report import claims
 from raretask.report.html import Section, finished
 from raretask.report.lm_figures import FIGURES, run_curves, sweep_figures
 
@@ -155,11 +155,11 @@ def figure_sentences(results: dict[str, list], curves: dict[str, list]) -> dict[
     results.parquet (each cell's last evaluation, the end points of the curves Fig. 6a, 6b and 23 draw), Fig. 22's
     comparison at equal held-out loss from curves.parquet."""
     out: dict[str, list[str]] = {}
-    rows = scorecard.lm_rows(results)
+    rows = claims.lm_rows(results)
     unit = _unit(results, rows)
-    sizes = scorecard.sizes_by_params(results, rows)
-    acc = scorecard.means(results, ("task", "grid_frequency", "size"), "test_acc_labels", rows)
-    train = scorecard.means(results, ("task", "size", "grid_frequency"), "train_loss", rows)
+    sizes = claims.sizes_by_params(results, rows)
+    acc = claims.means(results, ("task", "grid_frequency", "size"), "test_acc_labels", rows)
+    train = claims.means(results, ("task", "size", "grid_frequency"), "train_loss", rows)
     for task in dict.fromkeys(results["task"][i] for i in rows):
         task_rows = [i for i in rows if results["task"][i] == task]
         freqs = sorted({results["grid_frequency"][i] for i in task_rows}, reverse=True)
@@ -172,22 +172,22 @@ def figure_sentences(results: dict[str, list], curves: dict[str, list]) -> dict[
             parts = [f"{s} " + " → ".join(_fmt(train.get((task, s, f), math.nan)) for f in freqs) for s in sizes]
             out.setdefault("fig6a_task_loss.png", []).append(
                 f"{task}, final train loss from {freqs[0]:g} down to {freqs[-1]:g} {unit}: " + ", ".join(parts))
-        e = scorecard.equal_lm_loss(curves, task)
+        e = claims.equal_lm_loss(curves, task)
         if e is not None:
             out.setdefault("fig22_task_vs_lm_loss.png", []).append(
                 f"{task} at {e['frequency']:g} {unit}, at held-out loss {e['level']:.3g} (the lowest both reach): "
                 f"task loss {e['small_loss']:.3g} ({e['small']}) and {e['large_loss']:.3g} ({e['large']})")
-    gap_rows = [i for i in scorecard.lm_rows(results, gap=None) if results["gap"][i] > 0]
+    gap_rows = [i for i in claims.lm_rows(results, gap=None) if results["gap"][i] > 0]
     gaps = sorted({results["gap"][i] for i in gap_rows})
     if len(gaps) > 1:
-        loss = scorecard.means(results, ("task", "grid_frequency", "size", "gap"), "test_loss", gap_rows)
+        loss = claims.means(results, ("task", "grid_frequency", "size", "gap"), "test_loss", gap_rows)
         for task, f, size in dict.fromkeys(k[:3] for k in loss):
-            if size == scorecard.sizes_by_params(results, gap_rows)[-1]:
+            if size == claims.sizes_by_params(results, gap_rows)[-1]:
                 out.setdefault("fig6b_matched_frequency.png", []).append(
                     f"{task} at {f:g} {_unit(results, gap_rows)}, {size}: final test loss at N = "
                     + ", ".join(f"{g}: {_fmt(loss.get((task, f, size, g), math.nan))}" for g in gaps))
-    final = scorecard.means(results, ("task", "grid_frequency", "size"), "test_loss", rows)
-    compute = scorecard.means(results, ("task", "grid_frequency", "size"), "compute", rows)
+    final = claims.means(results, ("task", "grid_frequency", "size"), "test_loss", rows)
+    compute = claims.means(results, ("task", "grid_frequency", "size"), "compute", rows)
     for task in dict.fromkeys(results["task"][i] for i in rows):
         f = min(results["grid_frequency"][i] for i in rows if results["task"][i] == task)
         if len(sizes) > 1:

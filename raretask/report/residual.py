@@ -13,7 +13,7 @@ import numpy as np
 
 from raretask import runs
 from raretask.config import load_config
-from raretask.report import scorecard
+from raretask.report import claims, scorecard
 from raretask.report.html import Section, finished
 from raretask.report.plotting import pyplot, save_figure
 from raretask.report.synthetic import sweep_captions, sweep_figures
@@ -244,7 +244,7 @@ def loss_curve_captions(cfg: ResidualConfig, run_dir: Path) -> dict[str, str]:
     for assign, point in points:
         rows = [i for i in range(len(curves["task"])) if all(curves[k][i] == v for k, v in assign.items())]
         last = max((curves["step"][i] for i in rows), default=0)
-        final = scorecard.means(curves, ("width", "task"), "normalised_loss",
+        final = claims.means(curves, ("width", "task"), "normalised_loss",
                                 [i for i in rows if curves["step"][i] == last])
         tasks = point.mixture.build().num_tasks
         below = ", ".join(f"{sum(1 for (w, _), v in final.items() if w == n and v < 0.5)} of {tasks} at N = {n}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raretask.report import scorecard
+from raretask.report import claims
 from raretask.report.html import Section
 from raretask.report.plotting import pyplot, save_figure
 from raretask.synthetic.retention import RareSchedule, RetentionResult, frequent_tasks, quiet, rare_task, read_retention
@@ -167,29 +167,29 @@ def retention_captions(result: RetentionResult) -> dict[str, str]:
     (scorecard claim S5's numbers), what an injection adds and loses, the decay per cycle, the gradient cosine."""
     t = result.tables
     gaps, widths = result.config.sweep.gaps, result.config.sweep.widths
-    pattern = scorecard.check_retention({"final": t["final"]})
-    final = scorecard.means(t["final"], ("gap", "width"), "signal_rare")
+    pattern = claims.check_retention({"final": t["final"]})
+    final = claims.means(t["final"], ("gap", "width"), "signal_rare")
     lo, hi = min(final, key=final.get), max(final, key=final.get)
     out = {"retention_final.png": "Final raw s_r (mean over seeds) " + (
-        pattern.numbers.removeprefix("s_r ") if pattern.verdict != scorecard.NOT_RUN else
+        pattern.numbers.removeprefix("s_r ") if pattern.verdict != claims.NOT_RUN else
         f"from {final[lo]:.3f} (G = {lo[0]}, N = {lo[1]}) to {final[hi]:.3f} (G = {hi[0]}, N = {hi[1]})") + "."}
     cyc = t["cycles"]
-    gain = scorecard.means(cyc, ("gap", "width"), "gain")
-    loss = scorecard.means(cyc, ("gap", "width"), "decay")
+    gain = claims.means(cyc, ("gap", "width"), "gain")
+    loss = claims.means(cyc, ("gap", "width"), "decay")
     G = max(gaps)
     if (G, widths[0]) in gain and (G, widths[-1]) in gain:
         out["retention_traces.png"] = (
             f"At the largest gap G = {G}, a measured cycle's injection raises s~_r by {gain[G, widths[0]]:.3g} "
             f"(N = {widths[0]}) and {gain[G, widths[-1]]:.3g} (N = {widths[-1]}) on average, and the next cycle "
             f"starts {loss[G, widths[0]]:.3g} and {loss[G, widths[-1]]:.3g} below the peak.")
-    dec = scorecard.means(t["final"], ("gap", "width"), "decay_per_cycle")
+    dec = claims.means(t["final"], ("gap", "width"), "decay_per_cycle")
     if dec:
         lo, hi = min(dec, key=dec.get), max(dec, key=dec.get)
         more = sum(1 for n in widths if (G, n) in dec and (min(gaps), n) in dec and dec[G, n] > dec[min(gaps), n])
         out["retention_decay.png"] = (
             f"Decay per cycle from {dec[lo]:.3g} (G = {lo[0]}, N = {lo[1]}) to {dec[hi]:.3g} (G = {hi[0]}, N = "
             f"{hi[1]}); larger at G = {G} than at G = {min(gaps)} at {more} of {len(widths)} widths.")
-    cos = scorecard.means(t["cosines"], ("gap", "width"), "cosine")
+    cos = claims.means(t["cosines"], ("gap", "width"), "cosine")
     if cos:
         lo, hi = min(cos, key=cos.get), max(cos, key=cos.get)
         out["retention_cosine.png"] = (

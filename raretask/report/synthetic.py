@@ -10,7 +10,7 @@ import numpy as np
 
 from raretask import runs
 from raretask.config import load_config
-from raretask.report import scorecard
+from raretask.report import claims, scorecard
 from raretask.report.html import Section, finished
 from raretask.report.plotting import pyplot, save_figure
 
@@ -117,8 +117,8 @@ def sweep_captions(tables: dict[str, Any]) -> dict[str, str]:
         if point["orthogonal"]:  # the staircase N*_k(m) is defined for orthogonal task subspaces only
             out[f"phase_diagram{suffix}.png"] = _staircase_sentence(tables, point, step)
         rows = [i for i in range(len(res["task"])) if all(res[k][i] == v for k, v in point["grid"].items())]
-        obs = scorecard.means(res, ("task", "width"), "normalised_loss", rows)
-        pred = scorecard.means(res, ("task", "width"), "theory_normalised_loss", rows)
+        obs = claims.means(res, ("task", "width"), "normalised_loss", rows)
+        pred = claims.means(res, ("task", "width"), "theory_normalised_loss", rows)
         for key in obs.keys() & pred.keys():
             err = abs(obs[key] - pred[key])
             if worst is None or err > worst[0]:
@@ -136,7 +136,7 @@ def sweep_captions(tables: dict[str, Any]) -> dict[str, str]:
 def _staircase_sentence(tables: dict[str, Any], point: dict[str, Any], step: dict[int, int]) -> str:
     """Where each task of one grid point is first held, against the staircase N*_k(1)."""
     widths = tables["widths"]
-    held, stairs = scorecard.held_widths(tables, point), scorecard.staircase_widths(point, widths)
+    held, stairs = claims.held_widths(tables, point), claims.staircase_widths(point, widths)
     tasks = point["tasks"]
     on = sum(held[t["name"]] == stairs[t["name"]] for t in tasks)
     near = sum(abs(step.get(held[t["name"]], len(widths)) - step.get(stairs[t["name"]], len(widths))) <= 1
@@ -147,7 +147,7 @@ def _staircase_sentence(tables: dict[str, Any], point: dict[str, Any], step: dic
         return "beyond the sweep" if n is None else f"N = {n}"
 
     return (f"The first width at which a task holds its top direction (mean normalised loss <= 1 - "
-            f"{scorecard.HELD_SHARE:g} λ_k1 / Tr C_k) is the staircase's N*_k(1) for {on} of {len(tasks)} tasks "
+            f"{claims.HELD_SHARE:g} λ_k1 / Tr C_k) is the staircase's N*_k(1) for {on} of {len(tasks)} tasks "
             f"(within one width step: {near}); the rarest, {rarest}, from {where(held[rarest])} (theory "
             f"{where(stairs[rarest])}).")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raretask.report import scorecard
+from raretask.report import claims
 from raretask.report.html import Section
 from raretask.report.plotting import pyplot, save_figure
 from raretask.synthetic.toys import column, read_toy
@@ -104,7 +104,7 @@ def sections(run_dir: Path) -> list[Section]:
 
 def forget_sentence(decay: dict[str, list], gap: int) -> str:
     """Example 7 in words, from the decay table forget.png draws (scorecard claim S6's measurement)."""
-    errs = scorecard.decay_errors(decay)
+    errs = claims.decay_errors(decay)
     lr = max(errs, key=errs.get)
     return (f"After G = {gap} common steps, theta_G / theta_0 is (1 - 2 eta)^G to within {errs[lr]:.2%} for every "
             f"eta (worst at eta = {lr:g}); e^(-2 eta G) is the small-eta limit.")
@@ -113,6 +113,6 @@ def forget_sentence(decay: dict[str, list], gap: int) -> str:
 def competition_sentence(comp: dict[str, list]) -> str:
     """Fig. 11 in words: the rare task's final alignment per width, mean over seeds, from the competition table."""
     last = max(comp["step"])
-    rare = scorecard.means(comp, ("width",), "rare_alignment", [i for i, s in enumerate(comp["step"]) if s == last])
+    rare = claims.means(comp, ("width",), "rare_alignment", [i for i, s in enumerate(comp["step"]) if s == last])
     return (f"At step {last} the rare task's alignment (mean over seeds) is "
             + ", ".join(f"{v:.3f} with {w} neuron{'s' if w > 1 else ''}" for (w,), v in sorted(rare.items())) + ".")

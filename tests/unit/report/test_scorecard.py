@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from raretask import theory
-from raretask.report import scorecard
+from raretask.report import claims, scorecard
 from raretask.report.scorecard import NOT_REPRODUCED, NOT_RUN, REPRODUCED, RunTables, judge_tables
 
 
@@ -61,8 +61,8 @@ def test_s1_trained_matches_theory():
 
 
 def test_s1_tolerance_is_half_the_smallest_share_capped_at_2_percent():
-    assert scorecard.theory_tolerance([1.0]) == 0.02
-    assert scorecard.theory_tolerance([1.0, 0.25, 0.04]) == pytest.approx(0.5 * 0.04 / 1.29)
+    assert claims.theory_tolerance([1.0]) == 0.02
+    assert claims.theory_tolerance([1.0, 0.25, 0.04]) == pytest.approx(0.5 * 0.04 / 1.29)
 
 
 def test_s2_learning_follows_utility():
@@ -117,6 +117,18 @@ def test_s4_rare_task_waits_for_the_residual():
     assert verdict("S4").verdict == NOT_RUN
 
 
+def test_s4_a_run_without_widths_on_both_sides_of_the_threshold_cannot_test_it():
+    """Fig. 21's long run (every width above the threshold) and a run of wide models only (none above) cannot show
+    the order: they are "not run", and beside a run that shows it they leave its verdict alone."""
+    beyond = residual([False] * 3, [None] * 3)
+    beyond.tables["residual"]["theory_delta_F"] = [0.46, 0.3, 0.2]
+    wide = residual([True] * 3, [True] * 3)
+    wide.tables["residual"]["theory_delta_F"] = [0.05, 0.03, 0.01]
+    assert verdict("S4", beyond).verdict == NOT_RUN and verdict("S4", wide).verdict == NOT_RUN
+    shows = residual([False, False, True], [None, None, True])
+    assert verdict("S4", beyond, shows).verdict == REPRODUCED
+
+
 def retention(values: dict[tuple[int, int], float]) -> RunTables:
     cols: dict[str, list] = {"gap": [], "width": [], "seed": [], "signal_rare": []}
     for (gap, width), v in values.items():
@@ -140,9 +152,9 @@ def test_s5_retention_pattern():
 
 
 def test_monotone_allows_noise_within_the_slack_only():
-    assert scorecard.monotone([0.5, 0.995, 0.99], +1, 0.01)
-    assert not scorecard.monotone([0.5, 0.99, 0.97], +1, 0.01)
-    assert not scorecard.monotone([0.5, 0.505], +1, 0.01)  # no real rise
+    assert claims.monotone([0.5, 0.995, 0.99], +1, 0.01)
+    assert not claims.monotone([0.5, 0.99, 0.97], +1, 0.01)
+    assert not claims.monotone([0.5, 0.505], +1, 0.01)  # no real rise
 
 
 def toy(error: float) -> RunTables:
@@ -246,9 +258,9 @@ def test_l5_lower_task_loss_at_equal_lm_loss():
 
 
 def test_curve_at_interpolates_in_the_heldout_loss():
-    assert scorecard.curve_at([8.0, 6.0, 4.0], [6.0, 4.0, 2.0], 5.0) == 3.0
-    assert scorecard.curve_at([8.0, 6.0], [6.0, 4.0], 6.0) == 4.0
-    assert np.isnan(scorecard.curve_at([8.0, 6.0], [6.0, 4.0], 5.0))
+    assert claims.curve_at([8.0, 6.0, 4.0], [6.0, 4.0, 2.0], 5.0) == 3.0
+    assert claims.curve_at([8.0, 6.0], [6.0, 4.0], 6.0) == 4.0
+    assert np.isnan(claims.curve_at([8.0, 6.0], [6.0, 4.0], 5.0))
 
 
 # ------------------------------------------------------------------------------------------------- combining
@@ -291,3 +303,15 @@ def test_the_section_states_every_criterion_and_links_the_figures(tmp_path):
     assert s6[2].text == REPRODUCED and s6[4][0].href == "#fig-toy-forget-png"
     assert len(section.items) == len(scorecard.CLAIMS) and any("<= 1%" in i for i in section.items)
     assert "1 reproduced, 0 not reproduced" in section.text and "lm/sweep: no results.parquet" in section.text
+
+
+def test_a_reproduce_directory_is_a_folder_of_runs(tmp_path):
+    """The runs inside `raretask reproduce`'s directory are judged; the directory itself is no run, and an LM
+    sweep's cells stay the sweep's."""
+    import json
+
+    for sub, kind in [(".", "reproduce"), ("toy", "synth.toy"), ("lm/sweep", "lm.sweep"),
+                      ("lm/sweep/cells/c0", "lm.train")]:
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / sub / "meta.json").write_text(json.dumps({"kind": kind}))
+    assert scorecard.find_runs(tmp_path) == [("lm.sweep", tmp_path / "lm" / "sweep"), ("synth.toy", tmp_path / "toy")]
