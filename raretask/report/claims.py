@@ -266,8 +266,8 @@ def check_residual_order(t: dict[str, Any]) -> Outcome:
         return Outcome(NOT_RUN, text + "; no width lets the optimum hold the rare task: nothing to order")
     if not above:
         return Outcome(NOT_RUN, text + "; no width above the threshold to show the rare task waiting")
-    if not learned:
-        return Outcome(NOT_REPRODUCED, text + "; the rare task is learned nowhere")
+    if not learned:  # never rising contradicts no order (other rare tasks may outrank it at every width)
+        return Outcome(NOT_RUN, text + "; the rare task is learned nowhere: no rise to order")
     ok = after >= AFTER_RESIDUAL_FRACTION * len(learned) and not early
     return Outcome(REPRODUCED if ok else NOT_REPRODUCED, text)
 

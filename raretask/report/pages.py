@@ -76,15 +76,27 @@ def write_root(root: Path, title: str, sections: list[Section]) -> Path:
     return write_report(root, title, sections, first=scorecard.section(root))
 
 
+def runs_under(root: Path) -> list[Path]:
+    """The run directories under root with a report (found by meta.json kind), synthetic sweeps first, LM last."""
+    order = list(KINDS)
+    found = [(k, d) for k, d in scorecard.find_runs(Path(root)) if k in KINDS]
+    return [d for _, d in sorted(found, key=lambda kd: (order.index(kd[0]), kd[1]))]
+
+
+def labelled_sections(root: Path) -> list[Section]:
+    """The sections of every run under root, each title prefixed with the run's path below root (which run, where
+    several share a page)."""
+    root, gathered = Path(root), []
+    for run_dir in runs_under(root):
+        label = "" if run_dir == root else f"{run_dir.relative_to(root)}: "
+        gathered += [dataclasses.replace(s, title=label + s.title) for s in sections(run_dir)]
+    return gathered
+
+
 def write_tree(root: Path, title: str | None = None) -> Path:
     """Every run under root (a run directory, or a folder of them such as a full reproduction's) drawn, then one
     page for all of them: root/report.html. Runs of kinds without a report are skipped."""
     root = Path(root)
-    order = list(KINDS)
-    gathered: list[Section] = []
-    for kind, run_dir in sorted(((k, d) for k, d in scorecard.find_runs(root) if k in KINDS),
-                                key=lambda kd: (order.index(kd[0]), kd[1])):  # synthetic sweeps first, LM last
+    for run_dir in runs_under(root):
         draw(run_dir)
-        label = "" if run_dir == root else f"{run_dir.relative_to(root)}: "  # which run, where several share a page
-        gathered += [dataclasses.replace(s, title=label + s.title) for s in sections(run_dir)]
-    return write_root(root, title or f"raretask report: {root.name}", gathered)
+    return write_root(root, title or f"raretask report: {root.name}", labelled_sections(root))

@@ -1,5 +1,5 @@
-"""The report of a `raretask reproduce` directory: every finished run inside it, in the order the scale lists them,
-after a table of what ran (status, wall time, the error line of what failed)."""
+"""The report of a `raretask reproduce` directory: a table of what ran (status, wall time, the error line of what
+failed), then every finished run inside it, each section titled with the run's path."""
 
 from __future__ import annotations
 
@@ -10,17 +10,8 @@ from raretask.report import pages
 from raretask.report.html import Section, finished
 
 
-def runs_inside(root: Path) -> list[Path]:
-    """The finished run directories under `root`, in the order its meta.json lists the experiments."""
-    meta = json.loads(finished(root, "meta.json").read_text())
-    names = meta.get("experiments") or []
-    dirs = [Path(root) / n for n in names]
-    return [d for d in dirs if (d / "meta.json").is_file()
-            and json.loads((d / "meta.json").read_text()).get("status") == "finished"]
-
-
 def figures(root: Path) -> list[Path]:
-    return [p for d in runs_inside(root) for p in pages.draw(d)]
+    return [p for run_dir in pages.runs_under(root) for p in pages.draw(run_dir)]
 
 
 def sections(root: Path) -> list[Section]:
@@ -33,4 +24,4 @@ def sections(root: Path) -> list[Section]:
                    f"{meta.get('workers')} process(es) side by side with {meta.get('threads')} thread(s) each, "
                    f"{meta.get('free_cores')} core(s) idle at the start; status {meta.get('status')}.",
                    table=rows if len(rows) > 1 else None)
-    return [head] + [s for d in runs_inside(root) for s in pages.sections(d)]
+    return [head] + pages.labelled_sections(root)

@@ -93,8 +93,9 @@ CLAIMS: list[Claim] = [
     Claim("S4", "The rare task rises only once the frequent set's residual δ_F falls below δ*_F (Cor. 5, Prop. 6).",
           "synth.residual", "residual_signal.png",
           f"the rare task's rise comes after δ_F <= δ*_F(N_r^crit - 1) in >= {AFTER_RESIDUAL_FRACTION:.0%} of the "
-          "cells that learn it, and it is learned at no width whose theory δ_F is above δ*_F(N_r^crit - 1); at "
-          "least one cell of each. Theorem 4 itself is an identity at optimal decoders, not a claim a run can fail.",
+          "cells that learn it, and it is learned at no width whose theory δ_F is above δ*_F(N_r^crit - 1). A run "
+          "tests this only with widths on both sides of that threshold and at least one cell that learns the rare "
+          "task (else: not run). Theorem 4 itself is an identity at optimal decoders, not a claim a run can fail.",
           check_residual_order),
     Claim("S5", "Retention (Fig. 4): wider encoders keep more of the rare task, longer gaps keep less.",
           "synth.retention", "retention_final.png",

@@ -110,7 +110,7 @@ def test_s4_rare_task_waits_for_the_residual():
     assert verdict("S4", residual([False, False, True], [None, None, True])).verdict == REPRODUCED
     assert verdict("S4", residual([True, False, True], [False, None, True])).verdict == NOT_REPRODUCED  # at N = 2
     assert verdict("S4", residual([False, False, True], [None, None, False])).verdict == NOT_REPRODUCED  # rose early
-    assert verdict("S4", residual([False, False, False], [None, None, None])).verdict == NOT_REPRODUCED  # never
+    assert verdict("S4", residual([False, False, False], [None, None, None])).verdict == NOT_RUN  # never rises
     old = residual([False, False, True], [None, None, True])
     del old.tables["residual"]["rare_after_residual"]
     assert verdict("S4", old).verdict == NOT_RUN
