@@ -384,6 +384,15 @@ def check_larger_learn_rare(t: dict[str, Any], kind: str) -> Outcome:
                    f"at {f:g}: {small} {a:.2f}, {large} {b:.2f} (difference {b - a:+.2f})")
 
 
+def rising(label: str, values: list[float], bad: list[str], shown: list[str]) -> None:
+    """File `label: v1 → v2 → ...` under `bad` unless the values strictly rise; keep up to two that do in `shown`."""
+    line = label + " → ".join(_g(v) for v in values)
+    if not all(a < b for a, b in zip(values, values[1:])):
+        bad.append(line)
+    elif len(shown) < 2:
+        shown.append(line)
+
+
 def check_frequency_order(t: dict[str, Any]) -> Outcome:
     """L3 on an `lm.sweep` run: at every (task, size), final train loss strictly lower at every higher frequency."""
     res = t["results"]
@@ -396,13 +405,8 @@ def check_frequency_order(t: dict[str, Any]) -> Outcome:
         if len(freqs) < 2:
             continue
         for size in sizes_by_params(res, task_rows):
-            vals = [loss.get((task, size, f), math.nan) for f in freqs]
             checked += 1
-            line = f"{task}, {size}: " + " → ".join(_g(v) for v in vals)
-            if not all(a < b for a, b in zip(vals, vals[1:])):
-                bad.append(line)
-            elif len(shown) < 2:
-                shown.append(line)
+            rising(f"{task}, {size}: ", [loss.get((task, size, f), math.nan) for f in freqs], bad, shown)
     if not checked:
         return Outcome(NOT_RUN, "needs two frequencies")
     if bad:
@@ -423,13 +427,9 @@ def check_matched_gap(t: dict[str, Any]) -> Outcome:
     loss = means(res, ("task", "grid_frequency", "size", "gap"), "test_loss", rows)
     checked, bad, shown = 0, [], []
     for task, f, size in dict.fromkeys(k[:3] for k in loss):
-        vals = [loss.get((task, f, size, g), math.nan) for g in gaps]
         checked += 1
-        line = f"{task}, {size}, N = {' → '.join(map(str, gaps))}: " + " → ".join(_g(v) for v in vals)
-        if not all(a < b for a, b in zip(vals, vals[1:])):
-            bad.append(line)
-        elif len(shown) < 2:
-            shown.append(line)
+        rising(f"{task}, {size}, N = {' → '.join(map(str, gaps))}: ",
+               [loss.get((task, f, size, g), math.nan) for g in gaps], bad, shown)
     if bad:
         return Outcome(NOT_REPRODUCED, f"not rising at {len(bad)} of {checked} (final test loss by gap): "
                        + "; ".join(bad[:2]))

@@ -9,17 +9,9 @@ import torch
 from raretask.config import load_config
 from raretask.lm.train import LMConfig, train
 
-from .test_lm_train import corpus  # noqa: F401 (a fixture: 150 BBC News documents, 512-token BPE)
+from .test_lm_train import HEADER, corpus  # noqa: F401 (corpus: a fixture, 150 BBC News documents, 512-token BPE)
 
-CONFIG = """
-seed = 3
-[data]
-manifest = "{manifest}"
-seq_len = 64
-[model]
-preset = "cpu-30k"
-[train]
-steps = 40
+CONFIG = HEADER + """steps = 40
 global_batch_seqs = 8
 lr = 2e-2
 warmup = 5

@@ -16,7 +16,7 @@ from raretask.lm.evaluate import COLUMNS
 
 from ..conftest import ROOT, summary
 
-CONFIG = """
+HEADER = """
 seed = 3
 [data]
 manifest = "{manifest}"
@@ -24,7 +24,8 @@ seq_len = 64
 [model]
 preset = "cpu-30k"
 [train]
-steps = 80
+"""  # the tiny run's opening, shared with the bf16 test
+CONFIG = HEADER + """steps = 80
 global_batch_seqs = 8
 lr = 2e-2
 warmup = 5
