@@ -19,7 +19,8 @@ install: $(STAMP)
 
 test: install
 	# Headless Chromium for tests/integration/test_report_page.py where apt can install it; without it that test skips.
-	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q chromium >/dev/null 2>&1) || true
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1) || true
 	# One torch thread per process: the suite spawns multi-process runs (gloo, kill-and-resume) that would
 	# oversubscribe 2 cores, and its models are too small to gain from a second thread.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
