@@ -20,7 +20,9 @@ Two questions about a task T (position k, frequency pi_T, spectrum lambda_T1 >= 
              The predicate is monotone in pi_T (T's utility rises, the others' fall). At pi*_T the two utilities tie;
              the tie rule gives the feature to T when T comes before the competitor's task in the mixture (the
              answer is then attained, `attained` true), otherwise T needs pi_T > pi*_T (`attained` false; pi*_T is
-             the infimum). Upsampling factor: pi*_T / pi_0.
+             the infimum). Upsampling factor: pi*_T / pi_0. The reported answer is pi*_T moved by at most a few
+             ulps to the smallest double at which the predicate, evaluated in doubles, holds: at the answer the
+             feature is kept, at the next double below it is not.
              When fewer than N - m + 1 other features exist, any pi_T > 0 works: the answer is 0.0 with a reason.
 
 Alongside, Prop. 6: where T (at the answer's frequencies) is outside the frequent set F (the smallest top-frequency
@@ -39,6 +41,7 @@ m outside 1..rank_T, a target loss outside (0, 1), an unknown task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +112,27 @@ def minimum_frequency(frequencies: np.ndarray, eigenvalues: list[np.ndarray], ta
     if comp is None:
         return 0.0, None, False
     a, c, pi0 = float(eigenvalues[task][m - 1]), comp.utility, float(f[task])
-    return c / (a * (1.0 - pi0) + c), comp, task < comp.task
+    pi = c / (a * (1.0 - pi0) + c)
+    # Round-off: move by at most a few ulps to the smallest double at which Theorem 3's order, evaluated on the
+    # reweighted frequencies as `keeps_feature` does, keeps the feature (the tie at the exact pi* is decided by the
+    # tie rule, `attained`; in doubles the two utilities rarely tie exactly).
+    keeps = functools.partial(frequency_keeps, f, eigenvalues, task, width, m)
+    for _ in range(64):
+        if keeps(pi):
+            break
+        pi = float(np.nextafter(pi, 1.0))
+    for _ in range(64):
+        below = float(np.nextafter(pi, 0.0))
+        if not keeps(below):
+            break
+        pi = below
+    return pi, comp, task < comp.task
+
+
+def frequency_keeps(frequencies: np.ndarray, eigenvalues: list[np.ndarray], task: int, width: int, m: int,
+                    pi: float) -> bool:
+    """Does width N keep T's m-th feature when pi_T = pi and the other tasks are rescaled (`reweighted`)?"""
+    return keeps_feature(reweighted(frequencies, task, pi), eigenvalues, task, width, m)
 
 
 def keeps_feature(frequencies: np.ndarray, eigenvalues: list[np.ndarray], task: int, width: int, m: int = 1) -> bool:

@@ -124,7 +124,8 @@ def advise_command(config: str, overrides: tuple[str, ...], task: str, width: in
     else:
         c = e["competitor"]
         click.echo(f"{task}: width {width} keeps {what} at pi_T {'>=' if e['attained'] else '>'} {a.answer:.6g} "
-                   f"(config {e['config_frequency']:.4g}: upsample x{e['upsample']:.3g}); the cut is against "
+                   f"(config {e['config_frequency']:.4g}: upsample x{e['upsample']:.3g}"
+                   f"{', already kept at the config' if e['upsample'] <= 1 else ''}); the cut is against "
                    f"{c['task']}#{c['index']} (utility {c['utility']:.4g} -> {c['utility_at_answer']:.4g})")
     if e.get("critical_width") is not None:
         click.echo(f"Prop. 6: outside the frequent set ({', '.join(e['frequent_set'])}); critical width "

@@ -76,8 +76,9 @@ def test_frequency_answer_is_the_edge_of_theorem_3(task, width, m):
     k = mix.names.index(task)
     a = advise.advise(mix, task, width=width, features=m)
     keeps = lambda pi: advise.keeps_feature(advise.reweighted(mix.frequencies, k, pi), mix.eigenvalues, k, width, m)
-    assert keeps(a.answer * (1 + 1e-6))
+    assert keeps(a.answer)
     assert not keeps(a.answer * (1 - 1e-6))
+    assert not keeps(float(np.nextafter(a.answer, 0.0)))  # the answer is the edge to the last double
 
 
 def test_frequency_matches_bisection_on_random_mixtures():
@@ -103,6 +104,7 @@ def test_frequency_matches_bisection_on_random_mixtures():
             mid = 0.5 * (lo + hi)
             lo, hi = (lo, mid) if keeps(mid) else (mid, hi)
         assert hi == pytest.approx(pi, rel=1e-9)
+        assert keeps(pi) and not keeps(pi * (1 - 1e-6))
 
 
 def test_prop6_threshold_is_reported_outside_the_frequent_set():
