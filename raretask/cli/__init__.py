@@ -266,14 +266,16 @@ def status_command(run_dir: str, as_json: bool) -> None:
     table.add_column("state", no_wrap=True)
     table.add_column("steps", justify="right", no_wrap=True)
     table.add_column("ETA", justify="right", no_wrap=True)
-    table.add_column("error", overflow="fold")
     for c in st.cells:
         steps = f"{'?' if c.steps_done is None else c.steps_done}/{'?' if c.steps_total is None else c.steps_total}"
         table.add_row(c.name, f"[{styles[c.state]}]{c.state}[/]", steps,
-                      "" if c.state in ("finished", "failed") else format_duration(c.eta_s), c.error or "")
+                      "" if c.state in ("finished", "failed") else format_duration(c.eta_s))
     console = Console()
-    console.width = max(console.width, max((len(c.name) for c in st.cells), default=4) + 60)
+    console.width = max(console.width, max((len(c.name) for c in st.cells), default=4) + 40)
     console.print(table)
+    for c in st.cells:  # whole lines, not wrapped in a column: they are copied into searches and issues
+        if c.error:
+            click.echo(f"{c.name}: {c.error}")
     counts = ", ".join(f"{n} {s}" for s, n in st.counts.items() if n)
     console.print(f"{counts or 'no cells'}; ETA {format_duration(st.eta_s)}")
 
