@@ -258,17 +258,18 @@ def status_command(run_dir: str, as_json: bool) -> None:
         click.echo(json.dumps(st.to_json()))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     styles = {"finished": "green", "running": "cyan", "failed": "bold red", "not started": "dim"}
-    table = Table(title=f"{st.dir} ({st.kind})")
+    table = Table(title=escape(f"{st.dir} ({st.kind})"))
     table.add_column("cell", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("steps", justify="right", no_wrap=True)
     table.add_column("ETA", justify="right", no_wrap=True)
     for c in st.cells:
         steps = f"{'?' if c.steps_done is None else c.steps_done}/{'?' if c.steps_total is None else c.steps_total}"
-        table.add_row(c.name, f"[{styles[c.state]}]{c.state}[/]", steps,
+        table.add_row(escape(c.name), f"[{styles[c.state]}]{c.state}[/]", steps,
                       "" if c.state in ("finished", "failed") else format_duration(c.eta_s))
     console = Console()
     console.width = max(console.width, max((len(c.name) for c in st.cells), default=4) + 40)

@@ -207,10 +207,9 @@ def _lm_progress(cdir: Path) -> tuple[int | None, float | None]:
                 best = (int(max(steps)), _mtime(metrics))
         except Exception:  # noqa: BLE001 (being replaced, or not a table: no progress from it)
             pass
-    for step, done in reversed(_checkpoints(cdir)):
-        if best[0] is None or step > best[0]:
-            best = (step, done)
-        break
+    ckpts = _checkpoints(cdir)
+    if ckpts and (best[0] is None or ckpts[-1][0] > best[0]):
+        best = ckpts[-1]
     return best
 
 
