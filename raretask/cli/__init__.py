@@ -244,6 +244,43 @@ def report(run_dir: str) -> None:
     click.echo(f"wrote {pages.write(Path(run_dir))}")
 
 
+@main.command("status")
+@click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of a table")
+@handles_errors
+def status_command(run_dir: str, as_json: bool) -> None:
+    """Where the sweep in RUN_DIR stands: each cell finished, running, failed (its last error line) or not started,
+    its steps done of its total, and an ETA. Reads the directory only (LM sweep, synthetic sweep, reproduce)."""
+    from raretask.report.status import format_duration, read
+
+    st = read(Path(run_dir))
+    if as_json:
+        click.echo(json.dumps(st.to_json()))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    styles = {"finished": "green", "running": "cyan", "failed": "bold red", "not started": "dim"}
+    table = Table(title=escape(f"{st.dir} ({st.kind})"))
+    table.add_column("cell", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("ETA", justify="right", no_wrap=True)
+    for c in st.cells:
+        steps = f"{'?' if c.steps_done is None else c.steps_done}/{'?' if c.steps_total is None else c.steps_total}"
+        table.add_row(escape(c.name), f"[{styles[c.state]}]{c.state}[/]", steps,
+                      "" if c.state in ("finished", "failed") else format_duration(c.eta_s))
+    console = Console()
+    console.width = max(console.width, max((len(c.name) for c in st.cells), default=4) + 40)
+    console.print(table)
+    for c in st.cells:  # whole lines, not wrapped in a column: they are copied into searches and issues
+        if c.error:
+            click.echo(f"{c.name}: {c.error}")
+    counts = ", ".join(f"{n} {s}" for s, n in st.counts.items() if n)
+    console.print(f"{counts or 'no cells'}; ETA {format_duration(st.eta_s)}")
+
+
 @main.command("presets")
 def presets_command() -> None:
     """List the packaged presets. Every command finds them by these names, in a clone or after a wheel install."""
