@@ -101,6 +101,7 @@ def run_jobs(jobs: list[Job], plan: Plan, *, logs: Path, progress: bool = True) 
                 j = ready.pop(0)
                 waiting.remove(j)
                 log = logs / f"{j.name}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)  # a name such as "lm/corpus" nests
                 handle = open(log, "w")
                 proc = subprocess.Popen([sys.executable, "-m", "raretask", *j.argv], stdout=handle,
                                         stderr=subprocess.STDOUT, env=env)
