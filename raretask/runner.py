@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -57,7 +57,6 @@ class JobResult:
     wall_s: float = 0.0
     error: str | None = None
     log: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def finished(out: Path) -> bool:

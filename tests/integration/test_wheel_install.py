@@ -59,7 +59,7 @@ def test_the_wheel_runs_theory_and_the_synthetic_demo_on_packaged_presets(instal
     assert demo.returncode == 0, demo.stderr
     page = (tmp_path / "demo" / "report.html").read_text()
     for part in ("synthetic", "residual", "retention", "toy", "interference", "neurons"):
-        assert f"src='{part}/" in page, part
+        assert f"href='{part}/" in page, part  # each embedded figure links its file
         assert json.loads((tmp_path / "demo" / part / "meta.json").read_text())["status"] == "finished"
 
     missing = _raretask(installed, tmp_path, "theory", "configs/synthetic/nope.toml")
