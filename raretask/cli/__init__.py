@@ -302,7 +302,7 @@ def demo(out: str, part: str, no_progress: bool) -> None:
 
     Synthetic: theory and the width sweep of the default preset, then the CPU presets of every dynamics analysis
     (residual, retention, toys, interference, neurons). LM: the embedded news corpus prepared with a small BPE, then
-    the CPU sweep of configs/lm/demo.toml (3 sizes x 2 frequencies x both tasks). Every step resumes or skips what a
+    the CPU sweep of configs/lm/demo.toml (2 sizes x 2 frequencies, comparison). Every step resumes or skips what a
     previous demo into the same DIR finished."""
     from raretask.synthetic.train import SynthConfig, run
 

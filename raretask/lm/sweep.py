@@ -246,7 +246,7 @@ def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
     from raretask.lm.models import available_memory, memory_estimate
     from raretask.lm.tasks import build_tasks
     from raretask.devices import resolve_device
-    from raretask.lm.train import Precision, model_vocab_size
+    from raretask.lm.train import Precision, band_counts, model_vocab_size
     from raretask.lm.train import prepare as train_prepare
 
     device = resolve_device(cfg.train.device)
@@ -276,7 +276,8 @@ def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
             continue
         seen.add(key)
         try:
-            tasks = build_tasks(c.config.tasks, manifest.vocab_size, manifest.special_ids)
+            tasks = build_tasks(c.config.tasks, manifest.vocab_size, manifest.special_ids,
+                                counts=band_counts(c.config, manifest))
             vocab = model_vocab_size(c.config, manifest, tasks)
         except ConfigError as e:
             raise ConfigError(f"sweep cell {c.slug}: {e}") from None

@@ -13,6 +13,16 @@ Value and label tokens are ordinary vocabulary tokens (never the tokenizer's spe
 of one run; `dedicated_tokens = true` appends fresh ids above the tokenizer's vocabulary instead (the model's
 embedding then needs `extra_tokens_needed(tasks)` more rows).
 
+Frequency band. In the paper's 50K vocabulary a token drawn at random is rare in the corpus; in a small BPE (640 or
+4,096 tokens) it is often a frequent word (" and", " in"), so the task's tokens carry corpus statistics and its
+TOK1 TOK2 LABEL triples even occur naturally. `value_band = [lo, hi]` draws the value (and label) tokens only from
+a band of corpus frequency: the tokenizer's non-special tokens ranked by their count in the training split (rarest
+first, ties by id), and the band keeps ranks in [lo * n, hi * n) of those n tokens, i.e. quantiles, 0 = the rarest,
+1 = the most frequent (`[0, 0.1]`: the rarest tenth). It needs the corpus counts (`token_counts(tokens, vocab)`;
+`build_task(..., counts=...)`, which the trainer passes). `natural_occurrences(task, tokens)` counts the task's
+TOK1 TOK2 LABEL triples already present in a token stream (train and test instances separately), written into each
+run's meta.json.
+
 Your own task kinds are registered once, before the configs are built, with a rule over value arrays:
 
     import numpy as np
@@ -107,6 +117,8 @@ class LMTaskConfig(Config):
     dedicated_tokens: bool = option(False, "use fresh token ids above the tokenizer's vocabulary")
     value_tokens: list[int] | None = option(None, "explicit 100 value tokens, value v = position v (optional)")
     label_tokens: list[int] | None = option(None, "explicit label tokens for a kind with its own labels (optional)")
+    value_band: list[float] | None = option(None, "[lo, hi]: draw value/label tokens from these quantiles of corpus "
+                                                   "frequency (0 = rarest, 1 = most frequent); None = any token")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +142,13 @@ class LMTaskConfig(Config):
             raise ConfigError(f"{p}every: only used with schedule = burst (got schedule = {self.schedule})")
         if self.dedicated_tokens and (self.value_tokens is not None or self.label_tokens is not None):
             raise ConfigError(f"{p}dedicated_tokens: cannot be combined with explicit value_tokens/label_tokens")
+        if self.value_band is not None:
+            b = self.value_band
+            if len(b) != 2 or not all(isinstance(x, (int, float)) and np.isfinite(x) for x in b) \
+                    or not 0 <= b[0] < b[1] <= 1:
+                raise ConfigError(f"{p}value_band: expected [lo, hi] quantiles with 0 <= lo < hi <= 1, got {b}")
+            if self.dedicated_tokens or self.value_tokens is not None:
+                raise ConfigError(f"{p}value_band: cannot be combined with dedicated_tokens or explicit value_tokens")
         spec = _REGISTRY[self.kind]
         if self.value_tokens is not None and len(self.value_tokens) != NUM_VALUES:
             raise ConfigError(f"{p}value_tokens: expected {NUM_VALUES} tokens, got {len(self.value_tokens)}")
@@ -201,12 +220,19 @@ class Task:
 
 
 def build_task(cfg: LMTaskConfig, vocab_size: int, special_ids: Iterable[int], taken: set[int] | None = None,
-               *, path: str = "task") -> Task:
+               *, path: str = "task", counts: np.ndarray | None = None) -> Task:
     """Draw the task's tokens, val and split from `cfg.seed`; `taken` (tokens of earlier tasks) is avoided and
-    updated. Raises ConfigError naming `path.<field>` when the vocabulary cannot supply the tokens."""
+    updated. `counts` (per-token corpus counts, `token_counts`) is needed by `value_band`. Raises ConfigError
+    naming `path.<field>` when the vocabulary cannot supply the tokens."""
     cfg.validate(path)
     taken = set() if taken is None else taken
     special = frozenset(int(t) for t in special_ids)
+    if cfg.value_band is not None:
+        if counts is None:
+            raise ConfigError(f"{path}.value_band: needs the corpus token counts (none were given to build the task)")
+        allowed = band_tokens(counts, vocab_size, special, cfg.value_band)
+    else:
+        allowed = None
     spec = _REGISTRY[cfg.kind]
     n_labels = spec.num_labels or 0
     rng = np.random.default_rng([cfg.seed, 0x7A5C])
@@ -219,10 +245,10 @@ def build_task(cfg: LMTaskConfig, vocab_size: int, special_ids: Iterable[int], t
         label_tokens = rng.permutation(fresh[NUM_VALUES:])
     else:
         value_tokens = _given_or_drawn(cfg.value_tokens, NUM_VALUES, vocab_size, special, taken, rng,
-                                       f"{path}.value_tokens", f"{path}.kind")
+                                       f"{path}.value_tokens", f"{path}.kind", allowed)
         label_tokens = _given_or_drawn(cfg.label_tokens, n_labels, vocab_size, special,
                                        taken | set(value_tokens.tolist()), rng, f"{path}.label_tokens",
-                                       f"{path}.kind")
+                                       f"{path}.kind", allowed)
     if spec.num_labels is None:
         label_tokens = value_tokens
     taken.update(value_tokens.tolist(), label_tokens.tolist())
@@ -242,14 +268,61 @@ def build_task(cfg: LMTaskConfig, vocab_size: int, special_ids: Iterable[int], t
 
 
 def build_tasks(cfgs: list[LMTaskConfig], vocab_size: int, special_ids: Iterable[int], *,
-                path: str = "tasks") -> list[Task]:
+                path: str = "tasks", counts: np.ndarray | None = None) -> list[Task]:
     """Build every task with tokens distinct across tasks (ConfigError names `path[i].<field>`)."""
     names = [c.name for c in cfgs]
     for i, name in enumerate(names):
         if names.index(name) != i:
             raise ConfigError(f"{path}[{i}].name: task name {name!r} is used twice")
     taken: set[int] = set()
-    return [build_task(c, vocab_size, special_ids, taken, path=f"{path}[{i}]") for i, c in enumerate(cfgs)]
+    return [build_task(c, vocab_size, special_ids, taken, path=f"{path}[{i}]", counts=counts)
+            for i, c in enumerate(cfgs)]
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """(vocab_size,) int64: how often each id occurs in `tokens` (ids >= vocab_size are ignored)."""
+    c = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
+    return c[:vocab_size].astype(np.int64)
+
+
+def band_tokens(counts: np.ndarray, vocab_size: int, special_ids: Iterable[int], band: list[float]) -> np.ndarray:
+    """The non-special ids of 0..vocab_size-1 whose corpus-frequency rank (rarest first, ties by id) lies in the
+    quantiles [lo, hi) of those ids (hi = 1 includes the most frequent), sorted."""
+    special = np.fromiter((int(t) for t in special_ids), dtype=np.int64)
+    ids = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), special)
+    c = np.asarray(counts, dtype=np.int64)[ids] if len(counts) >= vocab_size else \
+        np.pad(np.asarray(counts, dtype=np.int64), (0, vocab_size - len(counts)))[ids]
+    ranked = ids[np.lexsort((ids, c))]
+    n = len(ranked)
+    lo, hi = int(np.floor(band[0] * n)), int(np.ceil(band[1] * n)) if band[1] < 1 else n
+    return np.sort(ranked[lo:hi])
+
+
+def natural_occurrences(task: Task, tokens: np.ndarray) -> dict[str, int]:
+    """How often the task's TOK1 TOK2 LABEL triples already occur in `tokens` (a corpus split): `train` / `test`
+    (occurrences of train / test instances), `pairs` (any TOK1 TOK2 bigram of two value tokens, whatever follows)
+    and `value_tokens` / `label_tokens` (occurrences of any value / label token)."""
+    a = np.asarray(tokens, dtype=np.int64)
+    out = {"train": 0, "test": 0, "pairs": 0, "value_tokens": 0, "label_tokens": 0}
+    if len(a) == 0:
+        return out
+    top = int(max(a.max(), task.tokens.max())) + 1
+    val = np.full(top, -1, dtype=np.int64)
+    val[task.value_tokens] = np.arange(NUM_VALUES)
+    is_label = np.zeros(top, dtype=bool)
+    is_label[task.label_tokens] = True
+    v = val[a]
+    out["value_tokens"] = int((v >= 0).sum())
+    out["label_tokens"] = int(is_label[a].sum())
+    if len(a) < 3:
+        return out
+    pos = np.flatnonzero((v[:-2] >= 0) & (v[1:-1] >= 0))
+    out["pairs"] = int(np.count_nonzero((v[:-1] >= 0) & (v[1:] >= 0)))
+    inst = v[pos] * NUM_VALUES + v[pos + 1]
+    hit = inst[task.label_tokens[task.labels[inst]] == a[pos + 2]]
+    train = np.isin(hit, task.train_ids)
+    out["train"], out["test"] = int(train.sum()), int((~train).sum())
+    return out
 
 
 def extra_tokens_needed(tasks: list[Task]) -> int:
@@ -258,8 +331,10 @@ def extra_tokens_needed(tasks: list[Task]) -> int:
 
 
 def _given_or_drawn(given: list[int] | None, count: int, vocab_size: int, special: frozenset[int],
-                    taken: set[int], rng: np.random.Generator, given_path: str, kind_path: str) -> np.ndarray:
-    """Explicit tokens checked against the vocabulary, the special ids and other tasks; or `count` drawn ones."""
+                    taken: set[int], rng: np.random.Generator, given_path: str, kind_path: str,
+                    allowed: np.ndarray | None = None) -> np.ndarray:
+    """Explicit tokens checked against the vocabulary, the special ids and other tasks; or `count` drawn ones
+    (from `allowed` only, when given: a frequency band)."""
     if given is not None:
         tokens = np.asarray(given, dtype=np.int64)
         for t in tokens.tolist():
@@ -272,8 +347,12 @@ def _given_or_drawn(given: list[int] | None, count: int, vocab_size: int, specia
         if len(np.unique(tokens)) != len(tokens):
             raise ConfigError(f"{given_path}: tokens must be distinct")
         return tokens
-    pool = np.setdiff1d(np.arange(vocab_size, dtype=np.int64),
+    pool = np.setdiff1d(np.arange(vocab_size, dtype=np.int64) if allowed is None else allowed,
                         np.fromiter(special | taken, dtype=np.int64, count=len(special | taken)))
+    if allowed is not None and len(pool) < count:
+        band_path = kind_path.rsplit(".", 1)[0] + ".value_band"
+        raise ConfigError(f"{band_path}: the band holds {len(allowed)} tokens, {len(pool)} of them free; {count} "
+                          f"more are needed (widen the band)")
     if len(pool) < count:
         raise ConfigError(f"{kind_path}: the vocabulary ({vocab_size} ids, {len(special)} special, {len(taken)} used "
                           f"by tasks) cannot supply {count} more tokens; use dedicated_tokens = true")

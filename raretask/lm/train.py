@@ -218,7 +218,7 @@ def prepare(cfg: LMConfig, out: Path, world_size: int = 1) -> Prepared:
         manifest = Manifest.load(cfg.data.manifest)
     except ConfigError as e:
         raise ConfigError(f"data.manifest: {e}") from None
-    tasks = build_tasks(cfg.tasks, manifest.vocab_size, manifest.special_ids)
+    tasks = build_tasks(cfg.tasks, manifest.vocab_size, manifest.special_ids, counts=band_counts(cfg, manifest))
     vocab = model_vocab_size(cfg, manifest, tasks)
 
     t = cfg.train
@@ -351,7 +351,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
                     # end to end (evaluations and checkpoints included), this session's steps only
                     tokens_per_s=(t.steps - evaluator.start_step) * tokens_per_step / max(seconds, 1e-9),
                     resumed_from=evaluator.start_step,
-                    injections=p.plan.summary())
+                    injections=p.plan.summary(), natural_occurrences=_natural(p))
     barrier()
     return read_result(out)
 
@@ -392,7 +392,8 @@ def load_trained_model(run_dir: Path, step: int | None = None, device: str = "cp
         from raretask.lm.tasks import build_tasks
 
         m = Manifest.load(cfg.data.manifest)
-        vocab = model_vocab_size(cfg, m, build_tasks(cfg.tasks, m.vocab_size, m.special_ids))
+        vocab = model_vocab_size(cfg, m, build_tasks(cfg.tasks, m.vocab_size, m.special_ids,
+                                                      counts=band_counts(cfg, m)))
     model = cfg.model.build(vocab, init_device=device)
     with warnings.catch_warnings():  # "no process group: loading in a single process" is what is meant
         warnings.simplefilter("ignore", UserWarning)
@@ -418,6 +419,23 @@ def _prune_checkpoints(folder: Path, keep: int) -> None:
 
     for _, d in (checkpoints(folder.parent)[:-keep] if keep else []):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def band_counts(cfg: LMConfig, manifest: Any) -> Any:
+    """The training split's token counts when a task draws its tokens from a frequency band (else None)."""
+    from raretask.lm.tasks import token_counts
+
+    if not any(c.value_band is not None for c in cfg.tasks):
+        return None
+    return token_counts(manifest.read("train"), manifest.vocab_size)
+
+
+def _natural(p: Prepared) -> dict[str, Any]:
+    """Per task: its TOK1 TOK2 LABEL triples already in the training split (raretask.lm.tasks.natural_occurrences)."""
+    from raretask.lm.tasks import natural_occurrences
+
+    tokens = p.manifest.read("train")
+    return {t.name: natural_occurrences(t, tokens) for t in p.tasks}
 
 
 def _references(cfg: LMConfig, p: Prepared) -> list[Any]:

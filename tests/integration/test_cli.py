@@ -70,7 +70,9 @@ def _tiny_presets(root: Path, analyses: tuple[str, ...]) -> Path:
     shrink = {"synthetic/default.toml": (SynthConfig, ["sweep.seeds=[0]", "train.steps=600", "eval.every=300"]),
               "synthetic/residual.toml": (cli_module.ANALYSES["residual"].load("config"), ["sweep.seeds=[0]"]),
               "lm/corpus/embedded.toml": (CorpusConfig, ["max_documents=120", "bpe_vocab_size=512"]),
+              # a 512-token BPE has no rarest tenth of 102 tokens: the whole vocabulary as the band
               "lm/demo.toml": (LMSweepConfig, ["data.manifest=unused", "sweep.sizes=[\"cpu-30k\"]",
+                                               "tasks[0].value_band=[0,1]",
                                                "sweep.frequencies=[1e-3]", "train.steps=6", "eval.every=3",
                                                "train.checkpoint_every=3", "eval.train_instances=16",
                                                "eval.test_instances=16", "eval.heldout_tokens=1024"])}
