@@ -1,0 +1,33 @@
+"""Every experiment of every `raretask reproduce` scale names a packaged preset whose config, with the scale's
+overrides, loads and validates: a typo in a scale is caught here, not an hour into a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from raretask import presets
+from raretask.cli import ANALYSES
+from raretask.cli.reproduce import CORPUS, SCALES, plan
+from raretask.config import load_config
+from raretask.lm.corpus import CorpusConfig
+from raretask.lm.sweep import LMSweepConfig
+from raretask.synthetic.train import SynthConfig
+
+
+def config_class(command: tuple[str, ...]) -> type:
+    if command == ("synth", "run"):
+        return SynthConfig
+    if command == ("lm", "sweep"):
+        return LMSweepConfig
+    return ANALYSES[command[1]].load("config")
+
+
+@pytest.mark.parametrize("scale", sorted(SCALES))
+def test_every_experiment_of_a_scale_loads(scale, tmp_path):
+    experiments = plan(scale, "all")
+    assert len({e.name for e in experiments}) == len(experiments)
+    assert {e.part for e in experiments} == {"synthetic", "lm"}
+    for e in experiments:
+        extra = [f"data.manifest={tmp_path}"] if e.part == "lm" else []
+        load_config(config_class(e.command), presets.find(e.preset), [*e.overrides, *extra])
+    load_config(CorpusConfig, presets.find(CORPUS[scale]))
