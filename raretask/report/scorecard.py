@@ -261,7 +261,7 @@ def scorecard_section(verdicts: list[Verdict], root: Path | None = None, skipped
                      links or "-"])
     text = (f"The paper's testable claims, judged on the runs of this report: {counts[REPRODUCED]} reproduced, "
             f"{counts[NOT_REPRODUCED]} not reproduced, {counts[NOT_RUN]} not run (no run of the kind that can test "
-            "them). Each criterion was fixed in raretask/report/scorecard.py before any run was made; a claim is "
+            "them). Each criterion was fixed in raretask/report/claims.py before any run was made; a claim is "
             "reproduced only if every run that can test it meets it.")
     if skipped:
         text += " Runs not read (unfinished?): " + "; ".join(skipped) + "."
