@@ -21,6 +21,7 @@ from typing import Any
 
 from raretask import presets, runs
 from raretask.config import ConfigError, load_config
+from raretask.devices import free_cores
 from raretask.runner import Job, Plan, finished, run_jobs
 
 KIND = "reproduce"
@@ -163,7 +164,7 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
         try:
             cfg = load_config(LMSweepConfig, presets.find(e.preset),
                               [*e.overrides, "train.threads=0", f"data.manifest={corpus_dir.resolve()}"])
-            run_sweep(cfg, out / e.name, progress=progress, workers=Plan.for_machine(1 << 10).workers)
+            run_sweep(cfg, out / e.name, progress=progress, workers=free_cores())
             pages.draw(out / e.name)
             entry.update(status="finished")
         except ConfigError as err:  # a failed sweep is reported; the other experiments still count

@@ -271,10 +271,11 @@ def run_residual(cfg: ResidualConfig, out: Path, *, progress: bool = True, overw
     device = resolve_device(base.train.device)  # a missing CUDA device is a user error: before anything is written
     points = [(assign, point, PointTheory.of(point, cfg.residual.rare)) for assign, point in expand_grid(base)]
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
+    threads = choose_threads(base.train.threads)
     meta = runs.RunMeta(out, kind="synth.residual", seeds=base.sweep.seeds, widths=base.sweep.widths,
-                        device=str(device), torch_threads=choose_threads(base.train.threads))
+                        device=str(device), torch_threads=threads)
     results, curves, timings = [], [], {}
-    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
+    with torch_threads(threads), progress_bar(enabled=progress) as bar:
         for assign, point, th in points:
             res, cur = grid_point(assign, point, out, bar, timings, on_eval=Theorem4(th.mixture, th.F, device))
             results.append(res)

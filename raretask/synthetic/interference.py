@@ -122,9 +122,10 @@ def run_interference(cfg: InterferenceConfig, out: Path, *, progress: bool = Tru
         return InterferenceResult(out, cfg, runs.read_table(out / "interference.parquet"),
                                   runs.read_table(out / "cosines.parquet"))
     device = resolve_device(cfg.train.device)
+    threads = choose_threads(cfg.train.threads)
     meta = runs.RunMeta(out, kind="synth.interference", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=choose_threads(cfg.train.threads))
-    with torch_threads(meta.data["torch_threads"]):
+                        device=str(device), torch_threads=threads)
+    with torch_threads(threads):
         table, cosines = _train_and_measure(cfg, out, progress)
     result = InterferenceResult(out, cfg, table, cosines)
     runs.write_table(out / "cosines.parquet", cosines)

@@ -461,10 +461,11 @@ def run_neurons(cfg: NeuronsConfig, out: Path, *, progress: bool = True, overwri
     out, tasks = Path(out), cfg.tasks.build()
     device = resolve_device(cfg.train.device)  # a missing CUDA device is an error before anything is written
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
+    threads = choose_threads(cfg.train.threads)
     meta = runs.RunMeta(out, kind="synth.neurons", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=choose_threads(cfg.train.threads))
+                        device=str(device), torch_threads=threads)
     timings: dict[str, float] = {}
-    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
+    with torch_threads(threads), progress_bar(enabled=progress) as bar:
         if not (out / "results.parquet").is_file():
             start = time.perf_counter()
             run_sweep(cfg, tasks, out, bar)

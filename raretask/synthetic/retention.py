@@ -518,11 +518,12 @@ def run_retention(cfg: RetentionConfig, out: Path, *, progress: bool = True,
     rare = mixture.names[rare_task(mixture, cfg.injection.rare)]
     meta_path = out / "meta.json"
     timings = json.loads(meta_path.read_text()).get("groups", {}) if meta_path.is_file() else {}  # resumed run
+    threads = choose_threads(cfg.train.threads)
     meta = runs.RunMeta(out, kind="synth.retention", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
                         gaps=cfg.sweep.gaps, rare=rare, device=str(resolve_device(cfg.train.device)),
-                        torch_threads=choose_threads(cfg.train.threads))
+                        torch_threads=threads)
     parts = {name: [] for name in TABLES}
-    with torch_threads(meta.data["torch_threads"]), progress_bar(enabled=progress) as bar:
+    with torch_threads(threads), progress_bar(enabled=progress) as bar:
         for G in cfg.sweep.gaps:
             gdir = out / "groups" / f"gap={G}"
             if (gdir / "final.parquet").is_file():  # finished gap: skip
