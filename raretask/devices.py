@@ -22,8 +22,9 @@ def resolve_device(name: Any, field: str = "train.device") -> Any:
 
 
 def free_cores(sample_s: float = 0.25) -> int:
-    """How many of this process's cores are idle now (at least 1): the idle share of /proc/stat over `sample_s`
-    seconds times the cores this process may run on; the 1-minute load average where /proc/stat is missing.
+    """How many of this process's cores are free now (at least 1): the idle share of /proc/stat over `sample_s`
+    seconds (niced work counted as free unless this process is niced too) times the cores this process may run on;
+    the 1-minute load average where /proc/stat is missing.
 
     A busy core makes OpenMP threads wait on it: on 2 cores with one busy, the 2-thread batched sweep ran 47x
     slower than with 1 thread. So processes x threads must not exceed this number."""
@@ -32,12 +33,19 @@ def free_cores(sample_s: float = 0.25) -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+    # Time spent in niced processes counts as free when this process is not niced itself: the scheduler gives a
+    # nice-0 thread nearly all of a core that only nice-19 work competes for.
+    yielding = os.nice(0) == 0 if hasattr(os, "nice") else False
+
     def idle_total() -> tuple[int, int] | None:
         try:
             fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
         except (OSError, ValueError):
             return None
-        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, all
+        free = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        if yielding:
+            free += fields[1]  # niced work yields its core to ours
+        return free, sum(fields[:8])  # user..steal (guest time is already counted in user)
 
     first = idle_total()
     if first is None:

@@ -90,4 +90,21 @@ def sections(run_dir: Path) -> list[Section]:
             f"{s['projection_baseline']:.3g} of its norm there.")
     return [Section("Gradient interference on the shared encoder", text, figures=[run_dir / "interference.png",
                                                                                    run_dir / "cosines.png"],
-                    table=rows)]
+                    table=rows, captions=interference_sentences(s["final"], s["projection_baseline"], s["step"]))]
+
+
+def interference_sentences(final: list[dict], baseline: float, step: int) -> dict[str, str]:
+    """One sentence per figure from the final per-width metrics (mean over seeds), narrowest against widest."""
+    rows = sorted((f for f in final if f.get("rare_projection") is not None), key=lambda f: f["width"])
+    if len(rows) < 2:
+        return {}
+    a, b = rows[0], rows[-1]
+    say = lambda key: f"{a[key]:.3g} (N = {a['width']}) to {b[key]:.3g} (N = {b['width']})"  # noqa: E731
+    first = (f"At step {step}, the frequent set's gradient share along the rare task's directions goes from "
+             f"{say('rare_projection')} (isotropic: {baseline:.3g})")
+    if a.get("rare_signal") is not None and b.get("rare_signal") is not None:
+        first += f", while the rare task's signal s_r goes from {say('rare_signal')}"
+    out = {"interference.png": first + "."}
+    if a.get("mean_cosine") is not None and b.get("mean_cosine") is not None:
+        out["cosines.png"] = f"The mean task-by-task gradient cosine goes from {say('mean_cosine')}."
+    return out

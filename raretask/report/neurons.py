@@ -87,15 +87,16 @@ def sections(run_dir: Path) -> list[Section]:
     family = (f"{len(names)} sparse parities on {cfg.tasks.build().inputs} bits ({cfg.tasks.placement} placement"
               f"{f', {cfg.tasks.shared} shared bit(s)' if cfg.tasks.placement is Placement.CORE else ''}), "
               f"{cfg.activation} neurons, logistic loss, {cfg.train.steps} steps of {cfg.train.batch_size}.")
+    captions = neuron_sentences(summ)
     sections = [
         Section("Neurons: accuracy vs width",
                 f"{family} Final accuracy on the fixed evaluation set, mean over seeds {cfg.sweep.seeds}.",
-                figures=[run_dir / "accuracy_vs_width.png"], table=grid("accuracy", ".3f")),
+                figures=[run_dir / "accuracy_vs_width.png"], table=grid("accuracy", ".3f"), captions=captions),
         Section("Neurons: allocation by ablation",
                 f"Delta_ik = loss of task k with neuron i zeroed minus its loss; neuron i is allocated to task k if "
                 f"Delta_ik > max({cfg.alloc.fraction:g} (log 2 - l_k), {cfg.alloc.floor:g} nats). Neurons per task, "
                 "mean over seeds (a neuron may serve several tasks).",
-                figures=[run_dir / "allocation.png"], table=grid("neurons", ".2f")),
+                figures=[run_dir / "allocation.png"], table=grid("neurons", ".2f"), captions=captions),
     ]
     sol = summ["solutions"]
     if "skipped" in sol:
@@ -112,5 +113,34 @@ def sections(run_dir: Path) -> list[Section]:
         f"Width N = {sol['width']}, target task {sol['task']}. Arm 'reweighted': {sol['steps'][0]} steps on the "
         f"reweighted mixture pi' = {[round(p, 3) for p in sol['reweighted_frequencies']]}, then {sol['steps'][1]} "
         f"on the natural one; arm 'natural': the same initialisation on the natural mixture throughout. Target-task "
-        "accuracy:", figures=[run_dir / "solutions.png"], table=rows))
+        "accuracy:", figures=[run_dir / "solutions.png"], table=rows, captions=captions))
     return sections
+
+
+LEARNED = 0.9
+"""A parity counts as learned in the accuracy sentence at this final accuracy (mean over seeds; chance 0.5)."""
+
+
+def neuron_sentences(summ: dict) -> dict[str, str]:
+    """One sentence per figure from summary.json: where each task is learned, the widest width's allocation, and
+    the solutions-exist arms."""
+    tasks, per_width = summ["tasks"], summ["per_width"]
+    order = sorted(tasks, key=lambda t: -t["frequency"])  # most frequent first
+    first = {t["name"]: next((pw["width"] for pw in per_width if pw["accuracy"][t["name"]] >= LEARNED), None)
+             for t in tasks}
+    learned = ", ".join(f"{t['name']} (pi {t['frequency']:.3g}) at N = {first[t['name']]}" for t in order
+                        if first[t["name"]] is not None)
+    never = [t["name"] for t in order if first[t["name"]] is None]
+    acc = f"Accuracy >= {LEARNED:g} first at: {learned or 'no task'}"
+    acc += f"; not reached by {', '.join(never)} up to N = {per_width[-1]['width']}." if never else "."
+    wide = per_width[-1]
+    out = {"accuracy_vs_width.png": acc,
+           "allocation.png": f"At N = {wide['width']}, neurons allocated per task (mean over seeds): "
+                             + ", ".join(f"{t['name']} {wide['neurons'][t['name']]:.1f}" for t in order) + "."}
+    sol = summ.get("solutions", {})
+    if "skipped" not in sol and "after_reweighting" in sol:
+        out["solutions.png"] = (f"Task {sol['task']} at N = {sol['width']}: accuracy "
+                                f"{sol['after_reweighting']['mean']:.3f} after the reweighted phase and "
+                                f"{sol['after_natural']['mean']:.3f} at the end, against "
+                                f"{sol['natural_only']['mean']:.3f} on the natural mixture alone.")
+    return out

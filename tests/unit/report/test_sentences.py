@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raretask.report import lm, residual, toys
+from raretask.report import interference, lm, neurons, residual, toys
 
 
 def sweep_results() -> dict[str, list]:
@@ -41,3 +41,31 @@ def test_toy_sentences():
     comp = {"step": [0, 0, 9, 9, 9], "width": [1, 2, 1, 2, 2], "rare_alignment": [0.1, 0.1, 0.0, 0.9, 0.7]}
     assert toys.competition_sentence(comp) == ("At step 9 the rare task's alignment (mean over seeds) is 0.000 with "
                                                "1 neuron, 0.800 with 2 neurons.")
+
+
+def test_interference_sentences_compare_the_narrowest_and_widest_widths():
+    final = [{"width": 8, "rare_projection": 0.05, "rare_signal": 0.9, "mean_cosine": 0.1},
+             {"width": 2, "rare_projection": 0.4, "rare_signal": 0.1, "mean_cosine": 0.3}]
+    s = interference.interference_sentences(final, 0.25, 500)
+    assert s["interference.png"] == ("At step 500, the frequent set's gradient share along the rare task's directions "
+                                     "goes from 0.4 (N = 2) to 0.05 (N = 8) (isotropic: 0.25), while the rare task's "
+                                     "signal s_r goes from 0.1 (N = 2) to 0.9 (N = 8).")
+    assert s["cosines.png"] == "The mean task-by-task gradient cosine goes from 0.3 (N = 2) to 0.1 (N = 8)."
+    assert interference.interference_sentences(final[:1], 0.25, 500) == {}  # one width: nothing to compare
+
+
+def test_neuron_sentences_name_where_each_parity_is_learned():
+    summ = {"tasks": [{"name": "rare", "frequency": 0.1}, {"name": "common", "frequency": 0.9}],
+            "per_width": [{"width": 2, "accuracy": {"rare": 0.5, "common": 0.95}, "neurons": {"rare": 0, "common": 2}},
+                          {"width": 8, "accuracy": {"rare": 0.85, "common": 1.0},
+                           "neurons": {"rare": 1.5, "common": 5.0}}],
+            "solutions": {"task": "rare", "width": 8, "after_reweighting": {"mean": 0.97},
+                          "after_natural": {"mean": 0.96}, "natural_only": {"mean": 0.6}}}
+    s = neurons.neuron_sentences(summ)
+    assert s["accuracy_vs_width.png"] == ("Accuracy >= 0.9 first at: common (pi 0.9) at N = 2; not reached by rare "
+                                          "up to N = 8.")
+    assert s["allocation.png"] == "At N = 8, neurons allocated per task (mean over seeds): common 5.0, rare 1.5."
+    assert s["solutions.png"] == ("Task rare at N = 8: accuracy 0.970 after the reweighted phase and 0.960 at the "
+                                  "end, against 0.600 on the natural mixture alone.")
+    summ["solutions"] = {"skipped": "no width"}
+    assert "solutions.png" not in neurons.neuron_sentences(summ)
