@@ -65,7 +65,8 @@ def _synthetic(suffix: str = "", steps: int | None = None, paper: bool = False) 
 SCALES: dict[str, list[Experiment]] = {
     "cpu": _synthetic() + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/reproduce_cpu.toml", part="lm"),
-        Experiment("lm/matched", ("lm", "sweep"), "lm/reproduce_cpu_matched.toml", part="lm")],
+        Experiment("lm/matched", ("lm", "sweep"), "lm/reproduce_cpu_matched.toml", part="lm"),
+        Experiment("lm/modular_addition", ("lm", "sweep"), "lm/reproduce_cpu_modadd.toml", part="lm")],
     "gpu": _synthetic(steps=20_000, paper=True) + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/paper_sweep_comparison.toml",
                    ('sweep.sizes=["4M","20M"]', "sweep.frequencies=[2.4e-3,2.4e-4,2.4e-5]", "data.seq_len=1024",
