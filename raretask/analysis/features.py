@@ -21,8 +21,12 @@ the last) and every analysed task (`tasks`; default: each comparison and modular
                      means' top-2 principal coordinates per layer (the picture of the modes).
 
 The representations come from `presence_instances` instances (stratified: the same number per value of the probed
-token, or per class c), drawn from `seed`; everything is seeded and runs under torch.no_grad except DAS's own
-training of its direction.
+token, or per class c), drawn from `seed`. The default takes all 10,000: then class c holds every first operand a
+exactly once, so whatever part of a representation is a sum g(a) + h(b) has the same mean in every class and drops
+out of V; with a subset it adds sampling noise to the class means, which the 2 P_null threshold does not allow for.
+Even so the threshold is loose where a layer's variance sits in few directions (an untrained 2-layer model shows a
+few "present" modes); compare presence over training rather than reading one count alone.
+Everything is seeded and runs under torch.no_grad, except DAS's own training of its direction.
 
 Output directory (default RUN/features; meta.json kind "lm.features"):
 
@@ -82,8 +86,8 @@ class FeatureConfig(Config):
     position: Position = option(Position.TOK1, "where comparison is probed (R² and DAS): tok1 or tok2")
     steps: Checkpoints = option(Checkpoints.ALL, "checkpoints analysed: all (every one saved along training) or last")
     pcs: int = option(50, "principal components regressed on (at most half the fitted values are used)", ge=1)
-    presence_instances: int = option(2000, "instances giving the representations, the same number per value / "
-                                           "class (at least one each)", ge=100)
+    presence_instances: int = option(10000, "instances giving the representations, the same number per value / "
+                                            "class (10000: every instance)", ge=100)
     das: DasAt = option(DasAt.LAST, "checkpoints where DAS searches every layer: last, all or none")
     das_pairs: int = option(1000, "counterfactual pairs DAS trains on (bases from the train split)", ge=2)
     das_eval_pairs: int = option(1000, "held-out pairs IIA is measured on (bases from the test split)", ge=1)

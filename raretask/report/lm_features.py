@@ -87,7 +87,7 @@ def figures(run_dir: Path) -> list[Path]:
         p = presence(rows)
         cells = [c for c in order if c in set(rows["cell"])]
         colour = _colours(cells)
-        fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, (ax, side) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
         acc = ax.twinx()
         for cell in cells:
             for task, part in p[p["cell"] == cell].groupby("task", sort=False):
@@ -121,7 +121,7 @@ def figures(run_dir: Path) -> list[Path]:
             side.set_xlabel("frequency k")
             side.set_ylabel("layer")
             side.set_title(f"{_label(rows, big)}, last step: P_k (+ present)", fontsize=9)
-        paths.append(save_figure(fig, run_dir / name))
+        paths.append(save_figure(fig, run_dir / name, tight=False))
     if "modes" in t and not t["modes"].empty:
         paths.append(_modes_figure(t, order, run_dir / "fig7b_modes_pca.png"))
     if "das" in t and not t["das"].empty:
