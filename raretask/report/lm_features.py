@@ -238,7 +238,7 @@ def sections(run_dir: Path) -> list[Section]:
                           "-" if best is None else _fmt(best["iia"])])
     text = (f"Feature presence (paper Fig. 7, App. B.4) in {len(meta.get('runs', []))} run(s) of {meta.get('source')}, "
             f"at the checkpoints saved along training. Comparison: the held-out R² of the value order on the top "
-            f"principal components at {json.dumps(_config(run_dir).get('position', 'tok1'))} (presence = the best "
+            f"principal components at {_config(run_dir).get('position', 'tok1').upper()} (presence = the best "
             f"layer's); modular addition: the Fourier modes with P_k > 2 · 2/99 of the class means at TOK2, summed "
             f"over layers. DAS: a 1-D interchange intervention per layer (pyvene), accuracy on held-out "
             f"counterfactual pairs (1/2 = no effect).")
