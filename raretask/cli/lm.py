@@ -210,3 +210,55 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
         loss, acc = r.get("train_loss"), r.get("test_acc_labels")
         click.echo(f"  {r['cell']:40s} {r['task'] or '-':16s} train loss {nan if loss is None else loss:.3f}"
                    f"  test acc {nan if acc is None else acc:.3f}")
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+
+
+@lm.command("analyze")
+@click.argument("run_dir", type=click.Path())
+@click.argument("overrides", nargs=-1)
+@click.option("--steps", type=click.Choice(["all", "last"]), default=None,
+              help="checkpoints analysed: every one saved along training (default) or the last")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: RUN_DIR/features; an earlier analysis there is replaced)")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@handles_errors
+def analyze_command(run_dir: str, overrides: tuple[str, ...], steps: str | None, out: str | None, as_json: bool,
+                    no_progress: bool) -> None:
+    """Feature presence along training (paper Fig. 7): per checkpoint and layer, the R² of the value order (and
+    DAS's interchange-intervention accuracy) for comparison tasks, the present Fourier modes for modular addition.
+
+    RUN_DIR is an LM run (`raretask lm train`) or sweep (`raretask lm sweep`: every cell) trained with checkpoints
+    along training (train.checkpoint_every; keep_checkpoints = 0 keeps them all). OVERRIDES are `key=value` of the
+    analysis config (`raretask lm analyze-keys`: layers=[0,1], position=tok2, das=all, ...). Writes
+    features.parquet, das.parquet, fourier.parquet, modes.parquet and the figures to --out."""
+    import json
+    from pathlib import Path
+
+    from raretask.analysis.features import FeatureConfig, analyze_features
+    from raretask.config import load_config
+
+    cfg = load_config(FeatureConfig, None, list(overrides) + ([f"steps={json.dumps(steps)}"] if steps else []))
+    result = analyze_features(Path(run_dir), cfg, Path(out) if out else None, progress=not no_progress)
+    pages.draw(result.out)
+    s = result.summary()
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(f"wrote {result.out}: {s['runs']} run(s), features.parquet, das.parquet, fourier.parquet and figures")
+    for r in s["results"]:
+        what = (f"max R² {r['order_r2_max']:.3f}" if "order_r2_max" in r else f"{r['fourier_modes']} Fourier modes")
+        das = f"  DAS IIA {r['das_iia']:.3f} (layer {r['das_best_layer']})" if "das_iia" in r else ""
+        acc = "-" if r["test_acc"] is None else f"{r['test_acc']:.3f}"
+        click.echo(f"  {r['cell']:40s} {r['task']:16s} step {r['step']}: {what}{das}  test acc {acc}")
+
+
+@lm.command("analyze-keys")
+def analyze_keys() -> None:
+    """List every key of the feature analysis config (`raretask lm analyze RUN_DIR key=value ...`)."""
+    from raretask.analysis.features import FeatureConfig
+
+    for key, tp, doc in FeatureConfig.field_docs():
+        click.echo(f"{key:24s} {tp:14s} {doc}")

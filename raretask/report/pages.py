@@ -34,6 +34,7 @@ KINDS = {
     "lm.sweep": "raretask.report.lm",
     "lm.train": "raretask.report.lm",
     "lm.corpus": "raretask.report.lm",
+    "lm.features": "raretask.report.lm_features",
     "reproduce": "raretask.report.reproduce",
 }
 
