@@ -302,7 +302,8 @@ def demo(out: str, part: str, no_progress: bool) -> None:
 
     Synthetic: theory and the width sweep of the default preset, then the CPU presets of every dynamics analysis
     (residual, retention, toys, interference, neurons). LM: the embedded news corpus prepared with a small BPE, then
-    the CPU sweep of configs/lm/demo.toml (2 sizes x 2 frequencies, comparison). Every step resumes or skips what a
+    the CPU sweep of configs/lm/demo.toml (2 sizes x 2 frequencies, comparison), its cells side by side on the free
+    cores. Every step resumes or skips what a
     previous demo into the same DIR finished."""
     from raretask.synthetic.train import SynthConfig, run
 
@@ -327,7 +328,10 @@ def demo(out: str, part: str, no_progress: bool) -> None:
         corpus = out_dir / "lm" / "corpus"
         prepare(load_config(CorpusConfig, preset("lm/corpus/embedded.toml")), corpus, progress=progress)
         cfg = load_config(LMSweepConfig, preset("lm/demo.toml"), [f"data.manifest={corpus.resolve()}"])
-        run_sweep(cfg, out_dir / "lm" / "sweep", progress=progress)
+        from raretask.devices import free_cores
+
+        # its cells side by side, one single-thread process per free core (the preset's train.threads = 1)
+        run_sweep(cfg, out_dir / "lm" / "sweep", progress=progress, workers=free_cores())
         reported(out_dir / "lm" / "sweep")
     click.echo(f"wrote {pages.write_root(out_dir, 'raretask demo', sections)}")
 

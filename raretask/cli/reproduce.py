@@ -35,6 +35,7 @@ class Experiment:
     preset: str  # a packaged preset, e.g. "synthetic/residual.toml"
     overrides: tuple[str, ...] = ()
     part: str = "synthetic"  # "synthetic" or "lm"
+    source: str = ""  # an analysis: the run it reads (a subdirectory of DIR) instead of a preset
 
 
 def _synthetic(suffix: str = "", steps: int | None = None, paper: bool = False) -> list[Experiment]:
@@ -62,11 +63,19 @@ def _synthetic(suffix: str = "", steps: int | None = None, paper: bool = False) 
             Experiment("neurons", ("synth", "neurons"), "synthetic/neurons.toml")]
 
 
+def _features(cells: list[str], *overrides: str) -> list[Experiment]:
+    """Feature presence (Fig. 7, `raretask lm analyze`) on chosen cells of the LM grid, each its own job."""
+    return [Experiment(f"lm/features/{c}", ("lm", "analyze"), "", overrides, part="lm", source=f"lm/sweep/cells/{c}")
+            for c in cells]
+
+
 SCALES: dict[str, list[Experiment]] = {
     "cpu": _synthetic() + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/reproduce_cpu.toml", part="lm"),
         Experiment("lm/matched", ("lm", "sweep"), "lm/reproduce_cpu_matched.toml", part="lm"),
-        Experiment("lm/modular_addition", ("lm", "sweep"), "lm/reproduce_cpu_modadd.toml", part="lm")],
+        Experiment("lm/modular_addition", ("lm", "sweep"), "lm/reproduce_cpu_modadd.toml", part="lm"),
+        # the smallest and largest size where both learn (6e-3) and where only the larger does best (3e-3)
+        *_features([f"cpu-{n}_f{f}_comparison_s0" for n in ("30k", "600k") for f in ("0.006", "0.003")])],
     "gpu": _synthetic(steps=20_000, paper=True) + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/paper_sweep_comparison.toml",
                    ('sweep.sizes=["4M","20M"]', "sweep.frequencies=[2.4e-3,2.4e-4,2.4e-5]", "data.seq_len=1024",
@@ -104,7 +113,7 @@ def plan(scale: str, only: str) -> list[Experiment]:
         raise ConfigError(f"--only: {only!r} is not one of {', '.join(PARTS[1:])}")
     chosen = [e for e in SCALES[scale] if only in ("all", e.part)]
     for e in chosen:
-        if presets.find(e.preset) is None:
+        if e.preset and presets.find(e.preset) is None:
             raise ConfigError(f"--scale {scale}: preset {e.preset} is missing from this installation")
     return chosen
 
@@ -140,7 +149,8 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
     check_corpus(corpus)
     out.mkdir(parents=True, exist_ok=True)
     synthetic = [e for e in experiments if e.part == "synthetic"]
-    sweeps = [e for e in experiments if e.part == "lm"]
+    sweeps = [e for e in experiments if e.part == "lm" and not e.source]
+    analyses = [e for e in experiments if e.source]
     corpus_dir = Path(corpus) if corpus is not None else out / "lm" / "corpus"
     jobs = [Job(e.name, [*e.command, str(presets.find(e.preset)), *e.overrides, "--out", str(out / e.name),
                          "--no-progress"], out / e.name) for e in synthetic]
@@ -171,6 +181,16 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
         except ConfigError as err:  # a failed sweep is reported; the other experiments still count
             entry.update(status="failed", error=str(err))
         entry["wall_s"] = round(time.perf_counter() - start, 1)
+    # the analyses of the trained LMs: independent processes again, each reading one finished run
+    ready = [e for e in analyses if finished(out / e.source)]
+    for e in analyses:
+        if e not in ready:
+            result.experiments[e.name] = {"status": "skipped", "wall_s": 0.0, "error": f"{e.source} not finished"}
+    jobs = [Job(e.name, [*e.command, str(out / e.source), *e.overrides, "--out", str(out / e.name), "--no-progress"],
+                out / e.name) for e in ready]
+    for name, r in run_jobs(jobs, Plan.for_machine(len(jobs) or 1), logs=out / "logs", progress=progress).items():
+        result.experiments[name] = {"status": r.status, "wall_s": round(r.wall_s, 1), "error": r.error,
+                                    "log": None if r.log is None else str(r.log)}
     meta.finish(experiments=result.experiments)  # before the page, which shows each experiment's status
     result.report = pages.write(out, f"raretask reproduce --scale {scale}")
     return result

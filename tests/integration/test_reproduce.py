@@ -24,6 +24,8 @@ TINY = [
                 "eval.train_instances=16", "eval.test_instances=16", "eval.heldout_tokens=256", "eval.reference=false",
                 "tasks[0].value_band=[0,1]"),  # the tiny corpus' 300-token BPE has no rarest tenth of 102 tokens
                part="lm"),
+    Experiment("lm/features/cpu-30k", ("lm", "analyze"), "", ("das=none", "presence_instances=200"), part="lm",
+               source="lm/sweep/cells/cpu-30k_f0.01_comparison_s0"),
 ]
 
 
@@ -37,16 +39,16 @@ def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, 
     args = ["reproduce", "--scale", "cpu", "--out", out, "--corpus", corpus, "--json", "--no-progress"]
     s = summary(cli(*args))
     assert {n: e["status"] for n, e in s["experiments"].items()} == {
-        "synthetic": "finished", "toy": "finished", "lm/sweep": "finished"}
+        "synthetic": "finished", "toy": "finished", "lm/sweep": "finished", "lm/features/cpu-30k": "finished"}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "reproduce" and meta["scale"] == "cpu" and meta["status"] == "finished"
     assert meta["workers"] * meta["threads"] <= max(meta["free_cores"], 1)
-    for name in ("synthetic", "toy", "lm/sweep"):
+    for name in ("synthetic", "toy", "lm/sweep", "lm/features/cpu-30k"):
         assert json.loads((out / name / "meta.json").read_text())["status"] == "finished"
         assert (out / "logs").is_dir()
     page = (out / "report.html").read_text()
     assert "Reproduce, scale cpu" in page and "synthetic/phase_diagram.png" in page and "toy/fig11.png" in page
-    assert "lm/sweep/fig6a_task_loss.png" in page
+    assert "lm/sweep/fig6a_task_loss.png" in page and "lm/features/cpu-30k/" in page
     # the same command again: everything is read back
     again = summary(cli(*args))
     assert {e["status"] for e in again["experiments"].values()} == {"done before"}

@@ -10,8 +10,12 @@ from raretask.cli import ANALYSES
 from raretask.cli.reproduce import CORPUS, SCALES, plan
 from raretask.config import load_config
 from raretask.lm.corpus import CorpusConfig
+from raretask.analysis.features import FeatureConfig
 from raretask.lm.sweep import LMSweepConfig
 from raretask.synthetic.train import SynthConfig
+
+
+ANALYSES_OF_RUNS = {("lm", "analyze"): FeatureConfig}
 
 
 def config_class(command: tuple[str, ...]) -> type:
@@ -27,7 +31,12 @@ def test_every_experiment_of_a_scale_loads(scale, tmp_path):
     experiments = plan(scale, "all")
     assert len({e.name for e in experiments}) == len(experiments)
     assert {e.part for e in experiments} == {"synthetic", "lm"}
+    sources = {e.name for e in experiments if not e.source}
     for e in experiments:
+        if e.source:  # an analysis of another experiment's run: its config is the command line alone
+            assert e.source.split("/cells/")[0] in sources, e.source
+            load_config(ANALYSES_OF_RUNS[e.command], None, list(e.overrides))
+            continue
         extra = [f"data.manifest={tmp_path}"] if e.part == "lm" else []
         load_config(config_class(e.command), presets.find(e.preset), [*e.overrides, *extra])
     load_config(CorpusConfig, presets.find(CORPUS[scale]))
