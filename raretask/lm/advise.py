@@ -159,11 +159,12 @@ def task_rows(results: dict[str, list], task: str) -> list[int]:
 
 def task_grid(results: dict[str, list], task: str) -> Grid:
     """The accuracy grid of `task`; ConfigError for a task not in the sweep or fewer than two sizes."""
-    rows = [i for i in task_rows(results, task) if results["non_embedding_params"][i] is not None]
+    n_col = "non_embedding_params" if "non_embedding_params" in results else "params"  # tables before the count
+    rows = [i for i in task_rows(results, task) if results[n_col][i] is not None]
     if not rows:
         known = sorted({t for t in results.get("task", []) if t is not None})
         raise ConfigError(f"--task: {task!r} is not a task of the sweep (tasks: {', '.join(known) or 'none'})")
-    params = {results["size"][i]: float(results["non_embedding_params"][i]) for i in rows}
+    params = {results["size"][i]: float(results[n_col][i]) for i in rows}
     sizes = sorted(params, key=lambda s: (params[s], s))
     if len(sizes) < 2:
         raise ConfigError(f"--task: the sweep has {len(sizes)} size for {task!r}; a power law in size needs >= 2")
@@ -175,7 +176,8 @@ def task_grid(results: dict[str, list], task: str) -> Grid:
         if v is not None and math.isfinite(v):
             acc[sizes.index(results["size"][i]), freqs.index(float(results["grid_frequency"][i])),
                 seeds.index(int(results["seed"][i]))] = float(v)
-    total = {results["size"][i]: float(results["params"][i] or math.nan) for i in rows}
+    total = {results["size"][i]: float(results.get("params", [None] * len(results["task"]))[i] or math.nan)
+             for i in rows}
     tokens = [float(results["tokens_seen"][i]) for i in rows if results.get("tokens_seen")
               and results["tokens_seen"][i] is not None]
     per_batch = [float(results["tokens_seen"][i]) / results["step"][i] for i in rows if results.get("step")
@@ -203,9 +205,9 @@ def crossing(frequencies: np.ndarray, acc: np.ndarray, target: float) -> tuple[n
     hi = np.clip(F - run, 1, F - 1)
     a_hi = np.take_along_axis(acc, hi[..., None], -1)[..., 0]
     a_lo = np.take_along_axis(acc, (hi - 1)[..., None], -1)[..., 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # rows that do not cross: discarded
         w = (target - a_lo) / (a_hi - a_lo)
-    fstar = np.exp(x[hi - 1] + w * (x[hi] - x[hi - 1]))
+        fstar = np.exp(x[hi - 1] + w * (x[hi] - x[hi - 1]))
     return np.where(status == 0, fstar, np.nan), status
 
 
