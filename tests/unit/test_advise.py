@@ -146,8 +146,8 @@ def test_scaling_law_predicts_beta_minus_one_and_the_optimum_approaches_it_as_K_
     assert (a.task, a.question, a.answer, a.interval) == (None, "scaling_law", 1.0, None)
     assert a.evidence["widths"] == [1, 2, 3, 4]  # at N = 8 every task is held: L* = 0, nothing to fit
     assert a.evidence["closed_form_exponent"] > 1.1  # a finite tail runs out faster than N^-1
-    many = advise.scaling_law(zipf_mixture(2000), [10, 20, 40], zipf=2.0)
-    assert many.evidence["closed_form_exponent"] == pytest.approx(1.0, abs=0.05)  # sum_{k > N} k^-2 ~ 1 / N
+    many = advise.scaling_law(zipf_mixture(150), [4, 8, 16], zipf=2.0)
+    assert many.evidence["closed_form_exponent"] == pytest.approx(1.0, abs=0.1)  # sum_{k > N} k^-2 ~ 1 / N
     # the ScalingLaw (L0 = 0, alpha = beta - 1) anchored on the closed form: exact where the tail is a power law
     assert many.evidence["scaling_law_loss"] == pytest.approx(many.evidence["closed_form_loss"], rel=0.05)
 
