@@ -113,7 +113,8 @@ def read_synthetic_results(run_dir: Path) -> dict[str, list]:
     try:
         kind = json.loads(meta.read_text()).get("kind", "synthetic")
     except (OSError, ValueError):
-        raise ConfigError(f"--scaling-law: {run_dir} is not a run directory (no meta.json)") from None
+        hint = " (dotted overrides go before the flags)" if "=" in str(run_dir) else ""
+        raise ConfigError(f"--scaling-law: {run_dir} is not a run directory (no meta.json){hint}") from None
     if kind != "synthetic" or not (run_dir / "results.parquet").is_file():
         raise ConfigError(f"--scaling-law: {run_dir} is not a finished synthetic sweep (kind {kind!r})")
     return runs.read_table(run_dir / "results.parquet")

@@ -134,3 +134,5 @@ def test_scaling_law_predicted_and_fitted_on_a_trained_sweep(cli, tmp_path):
     other.write_text(SynthConfig.from_dict({**SCALING, "mixture": {**SCALING["mixture"], "zipf": 1.5}}).to_toml())
     r = cli("advise", other, "--scaling-law", tmp_path / "run")
     assert r.exit_code == 2 and "trained on another mixture" in r.stderr
+    r = cli("advise", path, "--scaling-law", "mixture.zipf=1.5")  # an override after the flag is taken as RUN_DIR
+    assert r.exit_code == 2 and r.stderr.startswith("error: --scaling-law:") and "overrides go before" in r.stderr
