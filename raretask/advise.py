@@ -38,8 +38,8 @@ draws a fresh batch every step), is set against theory.fit_power_law on the clos
 and on the trained mixture loss of a finished sweep, over the widths where L*(N) > 0 (past the total rank the
 optimum holds everything and there is nothing to fit).
 
-Scope of the width and frequency questions: orthogonal task subspaces only (there M's eigenvalues are exactly the utilities and "T's m-th feature" is a
-direction of M). A mixture whose subspaces overlap is refused with a ConfigError rather than answered from M's
+Scope of the width and frequency questions: orthogonal task subspaces only (there M's eigenvalues are exactly the
+utilities and "T's m-th feature" is a direction of M). A mixture whose subspaces overlap is refused with a ConfigError rather than answered from M's
 eigenspace, where a task's features mix with other tasks' and have no staircase of their own.
 
 Impossible questions are ConfigErrors (one line): width outside 1..d, a width below m (it cannot hold m features),

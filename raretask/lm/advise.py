@@ -213,7 +213,7 @@ def crossing(frequencies: np.ndarray, acc: np.ndarray, target: float) -> tuple[n
 
 @dataclass(frozen=True)
 class Threshold:
-    """One size's threshold frequency (mean over seeds), its status, and each seed's own f* (NaN: censored)."""
+    """One size's threshold frequency (mean over seeds), its status, and each seed's own f* (None: censored)."""
 
     size: str
     params: float
@@ -461,8 +461,9 @@ def advise_sweep(tables: SweepTables, task: str, frequency: float | None = None,
     fit = fit_thresholds(grid, target, resamples, seed)
     evidence = fit.evidence()
     if fit.law is None:
+        where = ", ".join(f"{t.size}: {t.status}" for t in fit.sizes)
         raise ConfigError(f"--target-acc: only {len(fit.used)} size(s) of {task!r} cross {target:g} inside the "
-                          f"frequency grid; the power law needs 2 ({', '.join(f'{t.size}: {t.status}' for t in fit.sizes)})")
+                          f"frequency grid; the power law needs 2 ({where})")
     law, (lo, hi) = fit.law, fit.measured_range()
     warning = None
     if frequency is None and size is None:
