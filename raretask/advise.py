@@ -30,8 +30,16 @@ set with mass >= eval.frequent_mass), its feature invades the frequent tasks' so
 gives N_crit = min{N : mu^F_N <= u_Tm} and delta*_F(N) = sum_{i > N} mu^F_i, the residual the frequent tasks must
 reach (at N = N_crit for the width question, at the asked width for the frequency question).
 
-Scope: orthogonal task subspaces only (there M's eigenvalues are exactly the utilities and "T's m-th feature" is a
-direction of M). A mixture whose subspaces overlap is refused with a ConfigError rather than answered from M's
+Scaling-law view (paper Sec. 2, `scaling_law`): with Zipf frequencies pi_k ~ k^-beta and finite ranks, the number of
+utilities pi_k lambda_kj above u grows as u^(-1/beta), so the i-th largest utility falls as i^-beta and the width-N
+optimum's mixture loss L*(N) = sum_{i > N} u_(i) ~ N^-(beta - 1) (beta > 1; for beta <= 1 the tail sum diverges as
+K grows and there is no power law). That exponent, as theory.ScalingLaw's alpha (infinite data: the synthetic lab
+draws a fresh batch every step), is set against theory.fit_power_law on the closed-form L*(N) of the finite mixture
+and on the trained mixture loss of a finished sweep, over the widths where L*(N) > 0 (past the total rank the
+optimum holds everything and there is nothing to fit).
+
+Scope of the width and frequency questions: orthogonal task subspaces only (there M's eigenvalues are exactly the
+utilities and "T's m-th feature" is a direction of M). A mixture whose subspaces overlap is refused with a ConfigError rather than answered from M's
 eigenspace, where a task's features mix with other tasks' and have no staircase of their own.
 
 Impossible questions are ConfigErrors (one line): width outside 1..d, a width below m (it cannot hold m features),
@@ -54,14 +62,17 @@ from raretask.synthetic.mixture import Mixture
 
 @dataclass(frozen=True)
 class Advice:
-    """One answer. JSON schema (`to_json`): task, question ("width" | "frequency"), answer (int width | float pi_T),
-    interval (null: closed forms are exact), extrapolated (false: no fit involved), evidence (question-specific)."""
+    """One answer. JSON schema (`to_json`): task (null for the mixture-wide scaling-law view), question ("width" |
+    "frequency" | "scaling_law"; LM sweeps: "size" | "frequency" | "exponent"), answer (int width | float pi_T |
+    float exponent; LM: int parameter count | float frequency | float gamma; null where there is none), interval
+    (null: closed forms are exact; LM: the bootstrap interval, a bound null when unbounded), extrapolated (true when
+    an LM answer lies outside the measured sizes), evidence (question-specific)."""
 
-    task: str
+    task: str | None
     question: str
-    answer: int | float
+    answer: int | float | None
     evidence: dict[str, Any] = field(default_factory=dict)
-    interval: tuple[float, float] | None = None
+    interval: tuple[float | None, float | None] | None = None
     extrapolated: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -239,3 +250,73 @@ def advise(mixture: Mixture, name: str, width: int | None = None, features: int 
     if width is None:
         return min_width(mixture, name, features, target_loss, frequent_mass)
     return min_frequency(mixture, name, width, features, target_loss, frequent_mass)
+
+
+# ------------------------------------------------------------------------------------------- scaling-law view
+
+
+def zipf_exponent(mixture: Mixture, zipf: float | None) -> tuple[float, str]:
+    """beta: the config's mixture.zipf, else fitted to the frequencies sorted high to low against their rank."""
+    if zipf is not None:
+        return float(zipf), "mixture.zipf"
+    if mixture.num_tasks < 2:
+        raise ConfigError("--scaling-law: a mixture of one task has no Zipf exponent")
+    _, beta = theory.fit_power_law(np.arange(1, mixture.num_tasks + 1), np.sort(mixture.frequencies)[::-1])
+    return beta, "fitted to the task frequencies sorted high to low"
+
+
+def trained_mixture_loss(mixture: Mixture, results: dict[str, list]) -> dict[int, float]:
+    """width -> sum_k pi_k l_k(N), l_k the mean over seeds of a finished synthetic sweep's trained loss (its
+    results.parquet columns width, task, seed, frequency, loss). One grid point of this mixture only."""
+    seen: set[tuple] = set()
+    loss: dict[tuple[str, int], list[float]] = {}
+    pi = dict(zip(mixture.names, mixture.frequencies))
+    for w, t, s, f, v in zip(results["width"], results["task"], results["seed"], results["frequency"],
+                             results["loss"]):
+        if (w, t, s) in seen:
+            raise ConfigError("--scaling-law: the run has several grid points; give a run of one mixture")
+        seen.add((w, t, s))
+        if t not in pi or not np.isclose(f, pi[t], rtol=1e-9):
+            raise ConfigError(f"--scaling-law: the run was trained on another mixture (task {t!r} at frequency "
+                              f"{f:g}, the config has {pi.get(t, 'no such task')})")
+        loss.setdefault((t, int(w)), []).append(float(v))
+    widths = sorted({w for _, w in loss})
+    return {w: float(sum(pi[t] * np.mean(loss[t, w]) for t in mixture.names if (t, w) in loss)) for w in widths}
+
+
+def scaling_law(mixture: Mixture, widths: list[int], zipf: float | None = None,
+                trained: dict[str, list] | None = None) -> Advice:
+    """The loss exponent predicted from the Zipf exponent (beta - 1) against the exponents fitted to the closed-form
+    optimum and, given a finished sweep's results, to the trained losses (module docstring). `widths`: where to
+    evaluate the closed form (the run's widths when `trained` is given)."""
+    beta, source = zipf_exponent(mixture, zipf)
+    trained_loss = trained_mixture_loss(mixture, trained) if trained is not None else None
+    if trained_loss is not None:
+        widths = list(trained_loss)
+    widths = sorted(n for n in set(widths) if 1 <= n <= mixture.dim)
+    optimum = mixture.frequencies @ mixture.theory_losses(widths)  # L*(N), noise excluded
+    keep = [i for i, v in enumerate(optimum) if v > 1e-12 * max(optimum.max(), 1e-300)]
+    fit_widths = np.array([widths[i] for i in keep], float)
+    if len(fit_widths) < 2:
+        raise ConfigError(f"--scaling-law: the optimum's loss is > 0 at {len(fit_widths)} of the widths "
+                          f"{widths}; a power law needs 2")
+    closed = optimum[keep]
+    predicted = beta - 1.0 if beta > 1.0 else None
+    evidence: dict[str, Any] = {"zipf": beta, "zipf_source": source, "predicted_exponent": predicted,
+                                "widths": fit_widths.astype(int).tolist(), "closed_form_loss": closed.tolist(),
+                                "closed_form_exponent": theory.fit_power_law(fit_widths, closed)[1],
+                                "scaling_law_loss": None, "trained_loss": None, "trained_exponent": None}
+    if predicted is None:
+        evidence["reason"] = f"zipf {beta:.3g} <= 1: the tail sum of k^-beta diverges with K, no power law in N"
+    else:
+        # theory.ScalingLaw at D -> infinity: L_inf(N) = A N^-alpha, A by least squares in log space at fixed alpha
+        amp = float(np.exp(np.mean(np.log(closed) + predicted * np.log(fit_widths))))
+        law = theory.ScalingLaw(L0=0.0, A=amp, B=0.0, alpha=predicted, beta=1.0)
+        evidence["scaling_law_loss"] = law.infinite_data_loss(fit_widths).tolist()
+    if trained_loss is not None:
+        y = np.array([trained_loss[int(n)] for n in fit_widths])
+        evidence["trained_loss"] = y.tolist()
+        if np.all(y > 0):
+            evidence["trained_exponent"] = theory.fit_power_law(fit_widths, y)[1]
+    return Advice(task=None, question="scaling_law", answer=predicted, evidence=evidence)
+

@@ -17,6 +17,7 @@ import click
 
 import raretask
 from raretask import presets
+from raretask.cli.advise import advise
 from raretask.cli.lm import lm
 from raretask.cli.options import handles_errors, run_options
 from raretask.config import ConfigError, load_config
@@ -45,6 +46,7 @@ def main() -> None:
 
 
 main.add_command(lm)
+main.add_command(advise)
 
 
 # ----------------------------------------------------------------------------------------------------- theory
@@ -90,52 +92,7 @@ def theory(config: str, overrides: tuple[str, ...], widths: str | None, as_json:
     console.print(f"frequent set F: {', '.join(summary['frequent_set'])}")
 
 
-@main.command("advise")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1)
-@click.option("--task", "task", required=True, help="the task to ask about (a name in the config)")
-@click.option("--width", type=int, help="ask for the smallest frequency of the task at this width instead")
-@click.option("--features", type=int, help="the m-th feature instead of the first (1..rank)")
-@click.option("--target-loss", type=float, help="a normalised loss l_k / Tr(C_k) in (0, 1) instead of a feature")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
-@handles_errors
-def advise_command(config: str, overrides: tuple[str, ...], task: str, width: int | None, features: int | None,
-                   target_loss: float | None, as_json: bool) -> None:
-    """How wide, or how frequent, must a task of a synthetic CONFIG be before the optimum learns it (Theorem 3)?
-
-    Without --width: the smallest width keeping the task's first (--features m: m-th) feature, or reaching
-    --target-loss. With --width N: the smallest frequency pi_T (other tasks rescaled by (1 - pi_T)/(1 - pi_T,config))
-    at which width N keeps it, i.e. how much to upsample the task."""
-    from raretask.advise import advise
-    from raretask.synthetic.train import SynthConfig
-
-    cfg = load_config(SynthConfig, config, list(overrides))
-    a = advise(cfg.mixture.build(), task, width, features, target_loss, cfg.eval.frequent_mass)
-    if as_json:
-        click.echo(json.dumps(a.to_json()))
-        return
-    e, m = a.evidence, a.evidence["features"]
-    what = f"feature {m}" + (f" (normalised loss <= {target_loss})" if target_loss is not None else "")
-    if a.question == "width":
-        click.echo(f"{task}: the smallest width keeping {what} is N = {a.answer} "
-                   f"(utility pi*lambda = {e['utility']:.4g}; normalised loss there {e['normalised_loss']:.3g})")
-    elif e["competitor"] is None:
-        click.echo(f"{task}: {e['reason']}")
-    else:
-        c = e["competitor"]
-        click.echo(f"{task}: width {width} keeps {what} at pi_T {'>=' if e['attained'] else '>'} {a.answer:.6g} "
-                   f"(config {e['config_frequency']:.4g}: upsample x{e['upsample']:.3g}"
-                   f"{', already kept at the config' if e['upsample'] <= 1 else ''}); the cut is against "
-                   f"{c['task']}#{c['index']} (utility {c['utility']:.4g} -> {c['utility_at_answer']:.4g})")
-    if e.get("critical_width") is not None:
-        click.echo(f"Prop. 6: outside the frequent set ({', '.join(e['frequent_set'])}); critical width "
-                   f"{e['critical_width']}, frequent-set residual threshold delta*_F = {e['residual_threshold']:.4g}")
-
-
-
 # -------------------------------------------------------------------------------------------------- synthetic
-
-
 
 
 @main.group()

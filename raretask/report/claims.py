@@ -67,6 +67,20 @@ grid's highest..."""
 NOT_LEARNED_ACCURACY = 0.65
 """L2: ... while the smallest size's is at most this (not learned)."""
 
+THRESHOLD_ACCURACY = 0.8
+"""L6: a size's threshold frequency f*(N) is where its mean-over-seeds test accuracy (label set) crosses this,
+interpolated in log-frequency (raretask.lm.advise; `raretask advise SWEEP --target-acc` defaults to the same)."""
+
+THRESHOLD_SIZES = 3
+"""L6: the fit f*(N) = a N^-gamma is judged only over at least this many sizes whose f* falls inside the frequency
+grid (two points always lie on a power law; a third can miss it); fewer: not run."""
+
+THRESHOLD_LEVEL = 0.90
+"""L6: f* falls with size when gamma > 0 and the lower end of its THRESHOLD_LEVEL bootstrap percentile interval
+(raretask.lm.advise: seeds within each cell, then sizes, resampled) is above 0. The leave-one-out errors (each
+size's f* predicted from the others, as a factor in frequency) are reported, not judged: no tolerance for them was
+fixed before the runs."""
+
 
 # ------------------------------------------------------------------------------------------------- outcome
 
@@ -489,3 +503,27 @@ def check_equal_lm_loss(t: dict[str, Any]) -> Outcome:
         lines.append(f"{task} at {e['frequency']:g}, held-out loss {e['level']:.3g}: {e['small']} "
                      f"{e['small_loss']:.3g}, {e['large']} {e['large_loss']:.3g}")
     return Outcome(REPRODUCED if ok else NOT_REPRODUCED, "; ".join(lines))
+
+
+def check_threshold_power_law(t: dict[str, Any], kind: str) -> Outcome:
+    """L6 on an `lm.sweep` run for one task kind: gamma > 0 with its bootstrap interval above 0, over at least
+    THRESHOLD_SIZES sizes that cross THRESHOLD_ACCURACY inside the grid; the held-out factor errors in the numbers."""
+    from raretask.config import ConfigError
+    from raretask.lm.advise import fit_thresholds, interval, task_grid
+
+    try:
+        grid = task_grid(t["results"], kind)
+    except ConfigError as e:
+        return Outcome(NOT_RUN, f"no {kind} task in the sweep" if "not a task" in str(e) else "needs two sizes")
+    fit = fit_thresholds(grid, THRESHOLD_ACCURACY)
+    if len(fit.used) < THRESHOLD_SIZES or fit.law is None:
+        return Outcome(NOT_RUN, f"{len(fit.used)} of {len(fit.sizes)} sizes cross {THRESHOLD_ACCURACY:g} inside the "
+                                f"frequency grid (needs {THRESHOLD_SIZES})")
+    lo, hi = interval(fit.boot_gamma, THRESHOLD_LEVEL) or (None, None)
+    ok = fit.law.gamma > 0 and lo is not None and lo > 0
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    held = ", ".join(f"{h['size']} x{h['factor']:.2f}" for h in fit.held_out)
+    return Outcome(REPRODUCED if ok else NOT_REPRODUCED,
+                   f"gamma = {fit.law.gamma:.2f} ({THRESHOLD_LEVEL:.0%} interval {fmt(lo)} to {fmt(hi)}) over "
+                   f"{len(fit.used)} sizes; held-out f* error factors: {held}")
+

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raretask.config import ConfigError
-from raretask.report import claims, lm_features
+from raretask.report import advise, claims, lm_features
 from raretask.report.html import Section, finished
 from raretask.report.lm_figures import FIGURES, run_curves, sweep_figures
 
@@ -98,6 +98,8 @@ SKIPPED = {
     "fig6b_matched_frequency.png": "Fig. 6b (needs two burst gaps N > 0 in sweep.gaps)",
     "fig22_task_vs_lm_loss.png": "Fig. 22 (needs the held-out loss, eval.heldout_tokens > 0)",
     "fig23_compute.png": "Fig. 23 (needs two sizes)",
+    advise.FIGURE: (f"the threshold frequency f*(N) (needs two sizes whose test accuracy crosses "
+                    f"{claims.THRESHOLD_ACCURACY:g} inside the frequency grid)"),
 }
 
 
@@ -134,7 +136,7 @@ def sweep_sections(run_dir: Path) -> list[Section]:
         if name in drawn:
             sections.append(Section(title, caption, figures=[drawn[name]],
                                     captions={name: sentences[name]} if name in sentences else {}))
-    return sections
+    return sections + advise.threshold_sections(res, run_dir)
 
 
 def _unit(table: dict[str, list], rows: list[int]) -> str:

@@ -7,6 +7,8 @@ curves.parquet) or one run's metrics.parquet (raretask.lm.train).
   Fig. 22   task loss against the held-out LM loss over training, per frequency, one line per size
   Fig. 23   task eval loss against compute C = 6 N D, one line per size, with the compute-optimal frontier: the lowest
             loss any size reaches within a compute budget
+  f*(N)     the threshold frequency per size and its power law in size (raretask.report.advise; needs two sizes
+            whose accuracy crosses the target inside the frequency grid)
 
 Every function takes the tables (dicts of columns) and a PNG path and returns the path, or None (and draws nothing)
 when the tables lack the axis the figure needs: Fig. 5 needs two sizes or two frequencies, Fig. 6b two gaps > 0,
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from raretask.report.advise import FIGURE as THRESHOLD_FIGURE
+from raretask.report.advise import threshold_figure
 from raretask.report.plotting import pyplot, save_figure
 
 
@@ -400,6 +404,7 @@ FIGURES = {  # file name -> (function, table it reads)
     "fig6b_matched_frequency.png": (fig6b_matched, "curves"),
     "fig22_task_vs_lm_loss.png": (fig22_task_vs_lm, "curves"),
     "fig23_compute.png": (fig23_compute, "curves"),
+    THRESHOLD_FIGURE: (threshold_figure, "results"),  # raretask advise: f*(N) and its power law
 }
 
 

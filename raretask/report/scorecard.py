@@ -24,10 +24,11 @@ from raretask.config import ConfigError
 from raretask.report.claims import (AFTER_RESIDUAL_FRACTION, DECAY_TOLERANCE, HELD_SHARE, LEARNED_ACCURACY,
                                     NOT_LEARNED_ACCURACY, NOT_REPRODUCED, NOT_RUN, Outcome, REPRODUCED,
                                     RETENTION_SLACK, SIGNAL_HELD, SIZE_ADVANTAGE, STAIRCASE_FRACTION,
-                                    THEORY_TOLERANCE_CAP, WIDTH_STEPS, check_all_sizes_learn, check_decay,
-                                    check_equal_lm_loss, check_frequency_order, check_larger_learn_rare,
-                                    check_matched_gap, check_rank1_staircase, check_residual_order, check_retention,
-                                    check_theory_match, check_utility_order)
+                                    THEORY_TOLERANCE_CAP, THRESHOLD_ACCURACY, THRESHOLD_LEVEL, THRESHOLD_SIZES,
+                                    WIDTH_STEPS, check_all_sizes_learn, check_decay, check_equal_lm_loss,
+                                    check_frequency_order, check_larger_learn_rare, check_matched_gap,
+                                    check_rank1_staircase, check_residual_order, check_retention,
+                                    check_theory_match, check_threshold_power_law, check_utility_order)
 from raretask.report.html import Cell, Section, figure_anchor
 
 CONTAINERS = ("reproduce",)  # kinds of folders of runs: the runs inside them are judged, not the folder
@@ -115,6 +116,13 @@ for _kind, _name in [("comparison", "comparison"), ("modular_addition", "modular
               f"at some lower frequency the largest size's test accuracy beats the smallest's by >= "
               f"{SIZE_ADVANTAGE:g} and the smallest's is <= {NOT_LEARNED_ACCURACY:g}.",
               _per_kind(check_larger_learn_rare, _kind)),
+        Claim(f"L6 ({_name})", f"The threshold frequency of {_name} falls with model size as a power law.",
+              "lm.sweep", "threshold_power_law.png",
+              f"f*(N), where test accuracy (label set, mean over seeds) crosses {THRESHOLD_ACCURACY:g} "
+              f"(interpolated in log-frequency), fitted as a N^-gamma over the sizes that cross inside the grid: "
+              f"gamma > 0 and its {THRESHOLD_LEVEL:.0%} bootstrap interval (seeds, then sizes, resampled) above 0; "
+              f"needs {THRESHOLD_SIZES} such sizes (else not run); each size's held-out error (fit on the others) "
+              "reported as a factor in frequency.", _per_kind(check_threshold_power_law, _kind)),
     ]
 CLAIMS += [
     Claim("L3", "Tasks are learned in the order of frequency.", "lm.sweep", "fig6a_task_loss.png",

@@ -131,3 +131,41 @@ def test_bad_questions_are_config_errors(kwargs, field):
 def test_overlapping_subspaces_are_refused():
     with pytest.raises(ConfigError, match="^mixture.placement:"):
         advise.advise(hand_mixture("random"), "a")
+
+
+# ------------------------------------------------------------------------------------------- scaling-law view
+
+
+def zipf_mixture(count: int, zipf: float = 2.0):
+    return MixtureConfig.from_dict({"dim": count, "placement": "orthogonal", "zipf": zipf,
+                                    "tasks_from": {"count": count, "rank": 1}}).build()
+
+
+def test_scaling_law_predicts_beta_minus_one_and_the_optimum_approaches_it_as_K_grows():
+    a = advise.scaling_law(zipf_mixture(8), [1, 2, 3, 4, 8], zipf=2.0)
+    assert (a.task, a.question, a.answer, a.interval) == (None, "scaling_law", 1.0, None)
+    assert a.evidence["widths"] == [1, 2, 3, 4]  # at N = 8 every task is held: L* = 0, nothing to fit
+    assert a.evidence["closed_form_exponent"] > 1.1  # a finite tail runs out faster than N^-1
+    many = advise.scaling_law(zipf_mixture(150), [4, 8, 16], zipf=2.0)
+    assert many.evidence["closed_form_exponent"] == pytest.approx(1.0, abs=0.1)  # sum_{k > N} k^-2 ~ 1 / N
+    # the ScalingLaw (L0 = 0, alpha = beta - 1) anchored on the closed form: exact where the tail is a power law
+    assert many.evidence["scaling_law_loss"] == pytest.approx(many.evidence["closed_form_loss"], rel=0.05)
+
+
+def test_scaling_law_zipf_at_most_one_has_no_exponent_and_frequencies_give_beta():
+    flat = advise.scaling_law(zipf_mixture(8, zipf=1.0), [1, 2, 3], zipf=1.0)
+    assert flat.answer is None and "diverges" in flat.evidence["reason"]
+    fitted = advise.scaling_law(zipf_mixture(8, zipf=1.5), [1, 2, 3], zipf=None)  # beta from the frequencies
+    assert fitted.evidence["zipf"] == pytest.approx(1.5, rel=1e-9) and fitted.answer == pytest.approx(0.5)
+    assert fitted.evidence["zipf_source"].startswith("fitted")
+
+
+def test_trained_loss_must_come_from_one_grid_point_of_this_mixture():
+    mix = zipf_mixture(3)
+    rows = {"width": [1, 1, 1], "task": list(mix.names), "seed": [0, 0, 0], "frequency": list(mix.frequencies),
+            "loss": [0.0, 1.0, 1.0]}
+    assert advise.trained_mixture_loss(mix, rows) == {1: pytest.approx(mix.frequencies[1] + mix.frequencies[2])}
+    with pytest.raises(ConfigError, match="several grid points"):
+        advise.trained_mixture_loss(mix, {k: v * 2 for k, v in rows.items()})
+    with pytest.raises(ConfigError, match="another mixture"):
+        advise.trained_mixture_loss(mix, {**rows, "frequency": [0.5, 0.3, 0.2]})
