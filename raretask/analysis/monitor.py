@@ -386,8 +386,10 @@ class InterferenceMonitor(Callback):
             raise ConfigError("monitor: intra-document masking (doc_lens) is not supported by the interference "
                               "monitor")
         c, s = self.config, self.trainer.global_step - 1
-        ids = batch["input_ids"]
-        labels = batch_labels(ids) if "labels" not in batch else batch["labels"]
+        from olmo_core.data.utils import get_labels
+
+        ids = batch["input_ids"].to(self.trainer.device)
+        labels = (batch["labels"] if "labels" in batch else get_labels(batch, label_ignore_index=IGNORE)).to(ids.device)
         starts = instance_starts(ids, self.task)
         instances = int(starts.sum())
         if instances:
