@@ -389,7 +389,8 @@ class InterferenceMonitor(Callback):
         from olmo_core.data.utils import get_labels
 
         ids = batch["input_ids"].to(self.trainer.device)
-        labels = (batch["labels"] if "labels" in batch else get_labels(batch, label_ignore_index=IGNORE)).to(ids.device)
+        labels = batch["labels"] if "labels" in batch else get_labels(batch, label_ignore_index=IGNORE)
+        labels = labels.to(ids.device)
         starts = instance_starts(ids, self.task)
         instances = int(starts.sum())
         if instances:
