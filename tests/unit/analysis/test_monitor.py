@@ -109,7 +109,8 @@ def test_neurons_and_reference_are_the_task_loss_gradient_restricted(setup):
     assert v.shape == (3 * 5 * 32,) and loss > 0
     # the loss is the mean label cross-entropy, computed in one piece
     prompts, y = mt.prompts(mt.reference_ids)
-    assert loss == pytest.approx(float(F.cross_entropy(model(prompts)[:, -1], y)), rel=1e-5)
+    with torch.no_grad():
+        assert loss == pytest.approx(float(F.cross_entropy(model(prompts)[:, -1], y)), rel=1e-5)
     with pytest.raises(ConfigError, match="^layer: the model has MLP layers 0..1, not 2"):
         mlp_weights(model, 2)
 
