@@ -218,27 +218,40 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
 @lm.command("analyze")
 @click.argument("run_dir", type=click.Path())
 @click.argument("overrides", nargs=-1)
+@click.option("--what", type=click.Choice(["features", "interference", "retention"]), default="features",
+              show_default=True, help="features (Fig. 7), interference on the task neurons (Fig. 9, 10) or retention "
+                                      "after injections (Fig. 8)")
 @click.option("--steps", type=click.Choice(["all", "last"]), default=None,
-              help="checkpoints analysed: every one saved along training (default) or the last")
+              help="--what features: checkpoints analysed, every one saved along training (default) or the last")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="output directory (default: RUN_DIR/features; an earlier analysis there is replaced)")
+              help="output directory (default: RUN_DIR/<what>; an earlier analysis there is replaced)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @handles_errors
-def analyze_command(run_dir: str, overrides: tuple[str, ...], steps: str | None, out: str | None, as_json: bool,
-                    no_progress: bool) -> None:
-    """Feature presence along training (paper Fig. 7): per checkpoint and layer, the R² of the value order (and
-    DAS's interchange-intervention accuracy) for comparison tasks, the present Fourier modes for modular addition.
+def analyze_command(run_dir: str, overrides: tuple[str, ...], what: str, steps: str | None, out: str | None,
+                    as_json: bool, no_progress: bool) -> None:
+    """Why the larger models learn it (paper Sec. 4.3-4.4), measured on trained runs.
 
-    RUN_DIR is an LM run (`raretask lm train`) or sweep (`raretask lm sweep`: every cell) trained with checkpoints
-    along training (train.checkpoint_every; keep_checkpoints = 0 keeps them all). OVERRIDES are `key=value` of the
-    analysis config (`raretask lm analyze-keys`: layers=[0,1], position=tok2, das=all, ...). Writes
-    features.parquet, das.parquet, fourier.parquet, modes.parquet and the figures to --out."""
+    features: per checkpoint and layer, the R² of the value order (and DAS's interchange-intervention accuracy)
+    for comparison tasks, the present Fourier modes for modular addition (Fig. 7); needs checkpoints along training
+    (train.checkpoint_every; keep_checkpoints = 0 keeps them all). interference: the cosines of the batch gradient,
+    its task and non-task parts with the task reference on the task neurons, lined up after each injection (Fig. 9;
+    runs trained with a [monitor] table), and the zero-ablation of every MLP layer at the last checkpoint (Fig. 10).
+    retention: the task's eval loss after each injection of a burst schedule and its fitted decay constant (Fig. 8).
+
+    RUN_DIR is an LM run (`raretask lm train`) or sweep (`raretask lm sweep`: every cell). OVERRIDES are `key=value`
+    of the analysis config (`raretask lm analyze-keys --what ...`). Writes Parquet tables and figures to --out."""
     import json
     from pathlib import Path
 
+    from raretask.config import ConfigError, load_config
+
+    if what != "features":
+        if steps:
+            raise ConfigError("--steps: only for --what features")
+        _analyze_injections(Path(run_dir), overrides, what, Path(out) if out else None, as_json)
+        return
     from raretask.analysis.features import FeatureConfig, analyze_features
-    from raretask.config import load_config
 
     cfg = load_config(FeatureConfig, None, list(overrides) + ([f"steps={json.dumps(steps)}"] if steps else []))
     result = analyze_features(Path(run_dir), cfg, Path(out) if out else None, progress=not no_progress)
@@ -255,10 +268,52 @@ def analyze_command(run_dir: str, overrides: tuple[str, ...], steps: str | None,
         click.echo(f"  {r['cell']:40s} {r['task']:16s} step {r['step']}: {what}{das}  test acc {acc}")
 
 
+def _analyze_injections(run_dir, overrides: tuple[str, ...], what: str, out, as_json: bool) -> None:
+    """`lm analyze --what interference|retention`."""
+    import json
+
+    from raretask.analysis.after_injection import (InjectionAnalysisConfig, analyze_interference,
+                                                   analyze_retention, interference_summary, retention_summary)
+    from raretask.config import load_config
+
+    cfg = load_config(InjectionAnalysisConfig, None, list(overrides))
+    if what == "interference":
+        result = analyze_interference(run_dir, cfg, out)
+        s = interference_summary(result)
+    else:
+        result = analyze_retention(run_dir, cfg, out)
+        s = retention_summary(result)
+    pages.draw(result.out)
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(f"wrote {result.out}: {s['runs']} run(s), tables and figures")
+
+    def pm(v) -> str:
+        return "-" if v is None else f"{v[0]:+.3f} ± {v[1]:.3f}"
+
+    for r in s["results"]:
+        if what == "interference":
+            watched = "-" if r.get("monitored_layer") is None else r["monitored_layer"]
+            click.echo(f"  {r['cell']:40s} {r['task']:16s} at injection: cos(g, g_r) {pm(r.get('cos_g_at_injection'))}"
+                       f"  cos(g_nt, g_r) {pm(r.get('cos_nt_at_injection'))}; ablation: layer "
+                       f"{r.get('ablation_layer', '-')} (monitored {watched})")
+        else:
+            tau = "-" if r["tau"] is None else f"{r['tau']:.1f}"
+            click.echo(f"  {r['cell']:40s} {r['task']:16s} N = {r['gap']}: decay constant {tau} steps "
+                       f"({r['points']} points, {r['source']})")
+    if what == "interference" and s["without_monitor"]:
+        click.echo("  no monitor table (train with a [monitor] table for the cosines): "
+                   + ", ".join(s["without_monitor"]))
+
+
 @lm.command("analyze-keys")
-def analyze_keys() -> None:
-    """List every key of the feature analysis config (`raretask lm analyze RUN_DIR key=value ...`)."""
+@click.option("--what", type=click.Choice(["features", "interference", "retention"]), default="features",
+              show_default=True, help="which analysis's config")
+def analyze_keys(what: str) -> None:
+    """List every key of an analysis config (`raretask lm analyze RUN_DIR --what ... key=value ...`)."""
+    from raretask.analysis.after_injection import InjectionAnalysisConfig
     from raretask.analysis.features import FeatureConfig
 
-    for key, tp, doc in FeatureConfig.field_docs():
+    for key, tp, doc in (FeatureConfig if what == "features" else InjectionAnalysisConfig).field_docs():
         click.echo(f"{key:24s} {tp:14s} {doc}")

@@ -8,8 +8,10 @@
 A run: the corpus of `data.manifest` (`raretask lm prepare`) cut into sequences of T = `data.seq_len` tokens, the
 `tasks` injected at their frequencies (raretask.lm.injection; each injection in DIR/injections.parquet), the `model`
 (raretask.lm.models) trained from its seeded init, evaluated every `eval.every` steps (raretask.lm.evaluate ->
-DIR/metrics.parquet). Presets: configs/lm/paper_*.toml (the paper's recipe: batch 1024 sequences, context 4096 /
-1024 / 512, LR 3e-4 cosine with warm-up to 0.1x, the rest OLMo-7B-0724's), configs/lm/cpu.toml (minutes on a CPU).
+DIR/metrics.parquet), and with a [monitor] table the gradient interference on a task's neurons
+(raretask.analysis.monitor -> DIR/interference.parquet). Presets: configs/lm/paper_*.toml (the paper's recipe: batch
+1024 sequences, context 4096 / 1024 / 512, LR 3e-4 cosine with warm-up to 0.1x, the rest OLMo-7B-0724's),
+configs/lm/cpu.toml (minutes on a CPU).
 
 Resume: checkpoints go to DIR/checkpoints/step<k> every `train.checkpoint_every` steps and at the end (the last is
 the trained model: `load_trained_model`). Re-running the same command into DIR continues from the latest one (model,
@@ -45,6 +47,7 @@ logging.getLogger("olmo_core.nn.attention.te_attn_api").setLevel(logging.ERROR) 
 from olmo_core.train.callbacks import Callback  # noqa: E402
 
 from raretask import runs
+from raretask.analysis.monitor import MonitorConfig
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
 from raretask.devices import resolve_device
 from raretask.lm.environment import barrier, init_environment, on_rank0, process_state
@@ -112,6 +115,8 @@ class LMConfig(Config):
     tasks: list[LMTaskConfig] = option(factory=list, doc="tasks injected into the stream")
     train: TrainConfig = option(factory=TrainConfig, doc="optimisation")
     eval: EvalConfig = option(factory=EvalConfig, doc="in-loop evaluation")
+    monitor: MonitorConfig | None = option(None, "gradient interference on a task's neurons (a [monitor] table "
+                                                 "turns it on: raretask.analysis.monitor)")
     seed: int = option(0, "data order, injection plan and eval subsets (weights: model.init_seed)")
 
     def resolve_paths(self, base: Path) -> None:
@@ -136,6 +141,15 @@ class LMConfig(Config):
         if t.micro_batch_seqs and t.global_batch_seqs % t.micro_batch_seqs:
             raise ConfigError(f"train.micro_batch_seqs: {t.micro_batch_seqs} does not divide "
                               f"train.global_batch_seqs = {t.global_batch_seqs}")
+        if self.monitor is not None:
+            names = [c.name for c in self.tasks]
+            if not names or (self.monitor.task and self.monitor.task not in names):
+                raise ConfigError(f"monitor.task: {self.monitor.task or 'a task'!r} is not among the injected tasks "
+                                  f"({', '.join(names) or 'none'})")
+            layers = self.model.shape().n_layers
+            if self.monitor.layer >= layers:
+                raise ConfigError(f"monitor.layer: the model has MLP layers 0..{layers - 1}, not "
+                                  f"{self.monitor.layer}")
         if not (math.isfinite(t.lr) and t.lr > 0):
             raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
         if not 0 <= t.final_lr_fraction <= 1:
@@ -282,6 +296,8 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
 
     out = Path(out)
     world, rank = init_environment(cfg.seed, resolve_device(cfg.train.device), cfg.train.threads, verbose)
+    if cfg.monitor is not None and world > 1:
+        raise ConfigError("monitor: the interference monitor runs in single-process training only")
     p = prepare(cfg, out, world)
     if on_rank0(lambda: _start_run_dir(cfg, out, overwrite), rank):
         return read_result(out)  # finished before: read back, not retrained
@@ -330,6 +346,8 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
     }
     if shown is not None:
         callbacks["progress"] = shown
+    if cfg.monitor is not None:
+        callbacks["interference"] = _monitor(cfg, p, out)
     trainer = TrainerConfig(
         save_folder=str(out / "checkpoints"), work_dir=str(out / "work"), save_overwrite=True,
         max_duration=Duration.steps(t.steps), metrics_collect_interval=min(cfg.eval.every, 50),
@@ -436,6 +454,20 @@ def _natural(p: Prepared) -> dict[str, Any]:
 
     tokens = p.manifest.read("train")
     return {t.name: natural_occurrences(t, tokens) for t in p.tasks}
+
+
+def _monitor(cfg: LMConfig, p: Prepared, out: Path) -> Any:
+    """The interference monitor of `cfg.monitor` on its task (default: the first), writing out/interference.parquet;
+    its prompts carry the evaluation's prefix (EOS with eval.prompt = "eos")."""
+    from raretask.analysis.monitor import InterferenceMonitor, MonitoredTask
+    from raretask.lm.evaluate import PromptKind
+
+    m = cfg.monitor
+    task = next(t for t in p.tasks if t.name == (m.task or p.tasks[0].name))
+    prefix = [p.manifest.eos_id] if cfg.eval.prompt is PromptKind.EOS else []
+    return InterferenceMonitor(config=m, task=MonitoredTask.from_task(
+        task, prefix, seed=m.seed, reference_instances=m.reference_instances, loss_instances=m.loss_instances),
+        path=out / "interference.parquet")
 
 
 def _references(cfg: LMConfig, p: Prepared) -> list[Any]:

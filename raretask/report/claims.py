@@ -81,6 +81,24 @@ THRESHOLD_LEVEL = 0.90
 size's f* predicted from the others, as a factor in frequency) are reported, not judged: no tolerance for them was
 fixed before the runs."""
 
+EMBED_SLACK = 0.02
+"""L7 (Fig. 7a): the best layer's held-out R² of the value order at the last analysed checkpoint (mean over the runs
+of one size) "rises with size" when no step to the next larger size lowers it by more than EMBED_SLACK and the
+largest size beats the smallest by more than it, at every comparison task and frequency with two sizes."""
+
+INTERFERENCE_WINDOW = 500
+"""L8 (Fig. 9): the steps after each injection over which cos(g_nt, g_r) is averaged (k = 0 .. INTERFERENCE_WINDOW,
+every logged step of every injection's window counted once per window); the analysis's `window` caps it."""
+
+INTERFERENCE_MARGIN = 0.0
+"""L8: the largest size's mean cos(g_nt, g_r) after injections must be below the smallest size's by more than this,
+at every (task, frequency, gap) with two sizes. Signed, as the paper reports it (0.10 at 20M, ~0 at 1B)."""
+
+RETENTION_RATIO = 1.0
+"""L9 (Fig. 8): the largest size's fitted decay constant tau (raretask.analysis.retention; inf = nothing forgotten
+between injections) must exceed RETENTION_RATIO x the smallest size's, at every (task, frequency, gap) where both
+were fitted (NaN: fewer than 3 points below the pre-injection loss; such a group cannot test it)."""
+
 
 # ------------------------------------------------------------------------------------------------- outcome
 
@@ -527,3 +545,139 @@ def check_threshold_power_law(t: dict[str, Any], kind: str) -> Outcome:
                    f"gamma = {fit.law.gamma:.2f} ({THRESHOLD_LEVEL:.0%} interval {fmt(lo)} to {fmt(hi)}) over "
                    f"{len(fit.used)} sizes; held-out f* error factors: {held}")
 
+# --------------------------------------------------------------------------------- why larger models learn it
+
+
+def size_order(sizes: Iterable[str], params: dict[str, float | None]) -> list[str]:
+    """Sizes smallest first: by parameter count where known, else by the model ladder's order (raretask.lm.models
+    PRESETS), then by name."""
+    from raretask.lm.models import PRESETS
+
+    ladder = list(PRESETS)
+
+    def key(s: str) -> tuple:
+        p = params.get(s)
+        return (0 if _finite(p) else 1, p if _finite(p) else 0, ladder.index(s) if s in ladder else len(ladder), s)
+
+    return sorted(set(sizes), key=key)
+
+
+def _params_by_size(cols: dict[str, list]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for s, p in zip(cols["size"], cols.get("params") or [None] * len(cols["size"])):
+        if _finite(p):
+            out[s] = max(float(p), out.get(s) or 0.0)
+        else:
+            out.setdefault(s, None)
+    return out
+
+
+def check_embed(t: dict[str, Any]) -> Outcome:
+    """L7 on an `lm.features` analysis: {"features": features.parquet with a `params` column (None if unknown)}."""
+    f = t["features"]
+    rows = [i for i in range(len(f.get("metric", []))) if f["metric"][i] == "order_r2"]
+    if not rows:
+        return Outcome(NOT_RUN, "no comparison task analysed")
+    last: dict[str, int] = {}
+    for i in rows:
+        last[f["cell"][i]] = max(last.get(f["cell"][i], -1), f["step"][i])
+    best: dict[tuple, float] = {}  # (task, frequency, cell) -> best layer's R² at the cell's last step
+    sizes_of: dict[str, str] = {}
+    for i in rows:
+        if f["step"][i] == last[f["cell"][i]] and _finite(f["value"][i]):
+            key = (f["task"][i], f["frequency"][i], f["cell"][i])
+            best[key] = max(best.get(key, -math.inf), float(f["value"][i]))
+            sizes_of[f["cell"][i]] = f["size"][i]
+    params = _params_by_size(f)
+    checked, bad, shown = 0, [], []
+    for task, freq in dict.fromkeys((k[0], k[1]) for k in best):
+        by_size: dict[str, list[float]] = {}
+        for (tk, fq, cell), v in best.items():
+            if (tk, fq) == (task, freq):
+                by_size.setdefault(sizes_of[cell], []).append(v)
+        order = size_order(by_size, params)
+        if len(order) < 2:
+            continue
+        checked += 1
+        values = [float(np.mean(by_size[s])) for s in order]
+        line = f"{task} at {freq:g}: " + " → ".join(f"{v:.2f} ({s})" for s, v in zip(order, values))
+        (shown if monotone(values, +1, EMBED_SLACK) else bad).append(line)
+    if not checked:
+        return Outcome(NOT_RUN, "needs two sizes of one comparison task and frequency")
+    if bad:
+        return Outcome(NOT_REPRODUCED, f"not rising at {len(bad)} of {checked}: " + "; ".join(bad[:2]))
+    return Outcome(REPRODUCED, f"rising at {checked} of {checked}: " + "; ".join(shown[:2]))
+
+
+def _groups(cols: dict[str, list], rows: list[int]) -> dict[tuple, list[int]]:
+    out: dict[tuple, list[int]] = {}
+    for i in rows:
+        out.setdefault((cols["task"][i], cols["frequency"][i], cols["gap"][i]), []).append(i)
+    return out
+
+
+def window_mean(lined: dict[str, list], rows: list[int], metric: str = "cos_nt",
+                window: int = INTERFERENCE_WINDOW) -> dict[str, float]:
+    """Per size: the count-weighted mean of `metric` over k = 0 .. window of after_injection.parquet's rows."""
+    acc: dict[str, list[float]] = {}
+    for i in rows:
+        if lined["metric"][i] == metric and lined["k"][i] <= window and _finite(lined["mean"][i]):
+            a = acc.setdefault(lined["size"][i], [0.0, 0.0])
+            a[0] += lined["mean"][i] * lined["count"][i]
+            a[1] += lined["count"][i]
+    return {s: a[0] / a[1] for s, a in acc.items() if a[1] > 0}
+
+
+def check_interference(t: dict[str, Any]) -> Outcome:
+    """L8 on an `lm.interference` analysis: {"after_injection": after_injection.parquet}."""
+    lined = t["after_injection"]
+    if not lined.get("k"):
+        return Outcome(NOT_RUN, "no monitored run (train with a [monitor] table)")
+    params = _params_by_size(lined)
+    checked, bad, shown = 0, [], []
+    for (task, freq, gap), rows in _groups(lined, list(range(len(lined["k"])))).items():
+        m = window_mean(lined, rows)
+        order = size_order(m, params)
+        if len(order) < 2:
+            continue
+        checked += 1
+        small, large = order[0], order[-1]
+        line = (f"{task} at {freq:g}, N = {gap}: mean cos(g_nt, g_r) {m[small]:+.3f} ({small}), "
+                f"{m[large]:+.3f} ({large})")
+        (shown if m[large] < m[small] - INTERFERENCE_MARGIN else bad).append(line)
+    if not checked:
+        return Outcome(NOT_RUN, "needs two monitored sizes of one task, frequency and gap")
+    if bad:
+        return Outcome(NOT_REPRODUCED, f"not lower at the largest size at {len(bad)} of {checked}: "
+                       + "; ".join(bad[:2]))
+    return Outcome(REPRODUCED, "; ".join(shown[:2]))
+
+
+def check_retain_longer(t: dict[str, Any]) -> Outcome:
+    """L9 on an `lm.retention` analysis: {"decay": decay.parquet}."""
+    d = t["decay"]
+    if not d.get("tau"):
+        return Outcome(NOT_RUN, "no burst-schedule run")
+    params = _params_by_size(d)
+    checked, bad, shown, unfit = 0, [], [], []
+    for (task, freq, gap), rows in _groups(d, list(range(len(d["tau"])))).items():
+        taus: dict[str, list[float]] = {}
+        for i in rows:
+            taus.setdefault(d["size"][i], []).append(float(d["tau"][i]))
+        order = size_order(taus, params)
+        if len(order) < 2:
+            continue
+        small, large = order[0], order[-1]
+        a, b = float(np.mean(taus[small])), float(np.mean(taus[large]))
+        line = f"{task} at {freq:g}, N = {gap}: tau {a:.3g} ({small}), {b:.3g} ({large})"
+        if math.isnan(a) or math.isnan(b):
+            unfit.append(line)
+            continue
+        checked += 1
+        (shown if b > RETENTION_RATIO * a else bad).append(line)
+    if not checked:
+        return Outcome(NOT_RUN, "needs two sizes with a fitted decay constant" + (f" ({unfit[0]})" if unfit else ""))
+    if bad:
+        return Outcome(NOT_REPRODUCED, f"not longer at the largest size at {len(bad)} of {checked}: "
+                       + "; ".join(bad[:2]))
+    return Outcome(REPRODUCED, "; ".join(shown[:2]))

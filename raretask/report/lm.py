@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raretask.config import ConfigError
-from raretask.report import advise, claims, lm_features
+from raretask.report import advise, claims, lm_features, lm_interference
 from raretask.report.html import Section, finished
 from raretask.report.lm_figures import FIGURES, run_curves, sweep_figures
 
@@ -31,11 +31,20 @@ def figures(run_dir: Path) -> list[Path]:
     if kind == "lm.sweep":
         finished(run_dir, "results.parquet")
         sweep = read_sweep(run_dir)
-        return sweep_figures(sweep.results, sweep.curves, run_dir) + lm_features.nested_figures(run_dir)
+        return sweep_figures(sweep.results, sweep.curves, run_dir) + _nested_figures(run_dir)
     if kind == "lm.train":
         fig = run_curves(read_result(run_dir).metrics, run_dir / "curves.png")
-        return ([] if fig is None else [fig]) + lm_features.nested_figures(run_dir)
+        return ([] if fig is None else [fig]) + _nested_figures(run_dir)
     return []
+
+
+def _nested_figures(run_dir: Path) -> list[Path]:
+    """The figures of the analyses inside the run (features/, interference/, retention/)."""
+    return lm_features.nested_figures(run_dir) + lm_interference.nested_figures(run_dir)
+
+
+def _nested_sections(run_dir: Path) -> list[Section]:
+    return lm_features.nested_sections(run_dir) + lm_interference.nested_sections(run_dir)
 
 
 def sections(run_dir: Path) -> list[Section]:
@@ -43,9 +52,9 @@ def sections(run_dir: Path) -> list[Section]:
     run_dir = Path(run_dir)
     kind = _kind(run_dir)
     if kind == "lm.sweep":
-        return sweep_sections(run_dir) + lm_features.nested_sections(run_dir)
+        return sweep_sections(run_dir) + _nested_sections(run_dir)
     if kind == "lm.train":
-        return train_sections(run_dir) + lm_features.nested_sections(run_dir)
+        return train_sections(run_dir) + _nested_sections(run_dir)
     if kind == "lm.corpus":
         return corpus_sections(run_dir)
     raise ConfigError(f"{run_dir}: unknown LM run kind {kind!r}")

@@ -35,6 +35,8 @@ KINDS = {
     "lm.train": "raretask.report.lm",
     "lm.corpus": "raretask.report.lm",
     "lm.features": "raretask.report.lm_features",
+    "lm.interference": "raretask.report.lm_interference",
+    "lm.retention": "raretask.report.lm_interference",
     "reproduce": "raretask.report.reproduce",
 }
 

@@ -21,17 +21,20 @@ from typing import Any, Callable
 
 from raretask import runs
 from raretask.config import ConfigError
-from raretask.report.claims import (AFTER_RESIDUAL_FRACTION, DECAY_TOLERANCE, HELD_SHARE, LEARNED_ACCURACY,
-                                    NOT_LEARNED_ACCURACY, NOT_REPRODUCED, NOT_RUN, Outcome, REPRODUCED,
-                                    RETENTION_SLACK, SIGNAL_HELD, SIZE_ADVANTAGE, STAIRCASE_FRACTION,
-                                    THEORY_TOLERANCE_CAP, THRESHOLD_ACCURACY, THRESHOLD_LEVEL, THRESHOLD_SIZES,
-                                    WIDTH_STEPS, check_all_sizes_learn, check_decay, check_equal_lm_loss,
-                                    check_frequency_order, check_larger_learn_rare, check_matched_gap,
-                                    check_rank1_staircase, check_residual_order, check_retention,
-                                    check_theory_match, check_threshold_power_law, check_utility_order)
+from raretask.report.claims import (AFTER_RESIDUAL_FRACTION, DECAY_TOLERANCE, EMBED_SLACK, HELD_SHARE,
+                                    INTERFERENCE_MARGIN, INTERFERENCE_WINDOW, LEARNED_ACCURACY, NOT_LEARNED_ACCURACY,
+                                    NOT_REPRODUCED, NOT_RUN, Outcome, REPRODUCED, RETENTION_RATIO, RETENTION_SLACK,
+                                    SIGNAL_HELD, SIZE_ADVANTAGE, STAIRCASE_FRACTION, THEORY_TOLERANCE_CAP,
+                                    THRESHOLD_ACCURACY, THRESHOLD_LEVEL, THRESHOLD_SIZES, WIDTH_STEPS,
+                                    check_all_sizes_learn, check_decay, check_embed, check_equal_lm_loss,
+                                    check_frequency_order, check_interference, check_larger_learn_rare,
+                                    check_matched_gap, check_rank1_staircase, check_residual_order,
+                                    check_retain_longer, check_retention, check_theory_match,
+                                    check_threshold_power_law, check_utility_order)
 from raretask.report.html import Cell, Section, figure_anchor
 
 CONTAINERS = ("reproduce",)  # kinds of folders of runs: the runs inside them are judged, not the folder
+ANALYSES = ("lm.features", "lm.interference", "lm.retention")  # judged also where they sit inside the run analysed
 
 # ------------------------------------------------------------------------------------------------- data types
 
@@ -137,6 +140,20 @@ CLAIMS += [
           "every task, at its lowest frequency: at h* = the larger of the smallest and largest size's lowest "
           "held-out losses, the largest size's task test loss (interpolated on its curve) is lower.",
           check_equal_lm_loss),
+    Claim("L7", "Larger models embed the task's feature (Fig. 7a).", "lm.features", "fig7a_order_r2.png",
+          f"every comparison task and frequency: the best layer's held-out R² of the value order at the last analysed "
+          f"checkpoint (mean over runs of a size) rises with size: no step down by more than {EMBED_SLACK:g}, the "
+          f"largest above the smallest by more than {EMBED_SLACK:g}; needs two sizes.", check_embed),
+    Claim("L8", "Interference on the task neurons falls with size (Fig. 9).", "lm.interference",
+          "fig9_interference.png",
+          f"every (task, frequency, gap): the mean of cos(g_nt, g_r) over the {INTERFERENCE_WINDOW} steps after each "
+          f"injection is lower at the largest size than at the smallest (by more than {INTERFERENCE_MARGIN:g}); "
+          "needs two monitored sizes.", check_interference),
+    Claim("L9", "Larger models retain the task longer after an injection (Fig. 8).", "lm.retention",
+          "fig8_retention.png",
+          f"every (task, frequency, gap) with both fitted: the decay constant tau of the task-loss drop between "
+          f"injections is longer at the largest size than {RETENTION_RATIO:g}x the smallest's (inf: nothing "
+          "forgotten); needs two sizes.", check_retain_longer),
 ]
 
 
@@ -218,7 +235,28 @@ LOADERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "synth.retention": lambda d: {"final": _table(d, "final.parquet")},
     "synth.toy": lambda d: {"decay": _table(d, "decay.parquet")},
     "lm.sweep": lambda d: {"results": _table(d, "results.parquet"), "curves": _table(d, "curves.parquet")},
+    "lm.features": lambda d: {"features": with_params(d, _table(d, "features.parquet"))},
+    "lm.interference": lambda d: {"after_injection": _optional(d, "after_injection.parquet")},
+    "lm.retention": lambda d: {"decay": _table(d, "decay.parquet")},
 }
+
+
+def _optional(run_dir: Path, name: str) -> dict[str, list]:
+    """A table a finished analysis may lack (no monitored run): empty then."""
+    if not (Path(run_dir) / "meta.json").is_file() or \
+            json.loads((Path(run_dir) / "meta.json").read_text()).get("status") != "finished":
+        raise ConfigError(f"{run_dir}: unfinished analysis")
+    path = Path(run_dir) / name
+    return runs.read_table(path) if path.is_file() else {}
+
+
+def with_params(analysis_dir: Path, cols: dict[str, list]) -> dict[str, list]:
+    """cols with a `params` column: each analysed run's parameter count from its meta.json (None where unknown)."""
+    params = {}
+    for r in json.loads((Path(analysis_dir) / "meta.json").read_text()).get("runs", []):
+        meta = Path(r.get("run_dir", "")) / "meta.json"
+        params[r["cell"]] = json.loads(meta.read_text()).get("params") if meta.is_file() else None
+    return {**cols, "params": [params.get(c) for c in cols.get("cell", [])]}
 
 
 def load_runs(root: Path) -> tuple[list[RunTables], list[str]]:
@@ -226,7 +264,16 @@ def load_runs(root: Path) -> tuple[list[RunTables], list[str]]:
     unfinished run)."""
     root = Path(root)
     tables, skipped = [], []
-    for kind, run_dir in find_runs(root):
+    found = find_runs(root)
+    seen = {d for _, d in found}
+    for meta in sorted(root.rglob("meta.json")):  # RUN/features, SWEEP/interference, ...: inside what they analyse
+        try:
+            kind = json.loads(meta.read_text()).get("kind")
+        except (OSError, ValueError):
+            continue
+        if kind in ANALYSES and meta.parent not in seen:
+            found.append((kind, meta.parent))
+    for kind, run_dir in found:
         if kind not in LOADERS:
             continue
         label = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name

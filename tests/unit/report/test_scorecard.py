@@ -315,3 +315,63 @@ def test_a_reproduce_directory_is_a_folder_of_runs(tmp_path):
         (tmp_path / sub).mkdir(parents=True, exist_ok=True)
         (tmp_path / sub / "meta.json").write_text(json.dumps({"kind": kind}))
     assert scorecard.find_runs(tmp_path) == [("lm.sweep", tmp_path / "lm" / "sweep"), ("synth.toy", tmp_path / "toy")]
+
+
+# ------------------------------------------------------------------------------- why larger models learn it
+
+
+def features_run(r2_by_size: dict[str, float], params: dict[str, int] | None = None) -> RunTables:
+    """An `lm.features` analysis: per size one run, R² per layer at two steps (the last decides)."""
+    cols = {k: [] for k in ("cell", "size", "frequency", "step", "task", "kind", "layer", "metric", "value",
+                            "test_acc", "params")}
+    for size, r2 in r2_by_size.items():
+        for step, scale in ((10, 0.1), (20, 1.0)):
+            for layer, share in enumerate((0.5, 1.0, 0.7)):
+                for k, v in zip(cols, (f"{size}-cell", size, 1e-3, step, "cmp", "comparison", layer, "order_r2",
+                                       r2 * share * scale, 0.5, (params or {}).get(size))):
+                    cols[k].append(v)
+    return RunTables("features", "lm.features", {"features": cols})
+
+
+def test_l7_larger_models_embed_the_feature():
+    assert verdict("L7", features_run({"cpu-30k": 0.2, "cpu-150k": 0.5, "cpu-600k": 0.8})).verdict == REPRODUCED
+    v = verdict("L7", features_run({"cpu-30k": 0.6, "cpu-150k": 0.5, "cpu-600k": 0.3}))
+    assert v.verdict == NOT_REPRODUCED and "0.60 (cpu-30k)" in v.numbers
+    # parameter counts order the sizes where known: a name the ladder does not have still sorts
+    by_params = features_run({"big": 0.9, "small": 0.1}, params={"big": 10_000, "small": 100})
+    assert verdict("L7", by_params).verdict == REPRODUCED
+    assert verdict("L7", features_run({"cpu-30k": 0.5})).verdict == NOT_RUN  # one size
+    assert verdict("L7").verdict == NOT_RUN
+
+
+def interference_run(cos_nt: dict[str, float]) -> RunTables:
+    cols = {k: [] for k in ("cell", "size", "params", "task", "frequency", "gap", "k", "metric", "mean", "std",
+                            "count")}
+    for size, c in cos_nt.items():
+        for k in range(0, 600, 50):  # the claim's window stops at 500: beyond it the sign flips
+            for metric, value in (("cos_nt", c if k <= 500 else -c), ("cos_g", 0.1)):
+                for key, v in zip(cols, (size, size, None, "cmp", 1.0, 16, k, metric, value, 0.01, 4)):
+                    cols[key].append(v)
+    return RunTables("interference", "lm.interference", {"after_injection": cols})
+
+
+def test_l8_interference_falls_with_size():
+    assert verdict("L8", interference_run({"cpu-30k": 0.10, "cpu-600k": 0.001})).verdict == REPRODUCED
+    v = verdict("L8", interference_run({"cpu-30k": 0.01, "cpu-600k": 0.05}))
+    assert v.verdict == NOT_REPRODUCED and "+0.050 (cpu-600k)" in v.numbers
+    assert verdict("L8", interference_run({"cpu-600k": 0.0})).verdict == NOT_RUN
+    assert verdict("L8", RunTables("i", "lm.interference", {"after_injection": {}})).verdict == NOT_RUN
+
+
+def retention_run(tau: dict[str, float]) -> RunTables:
+    cols = {"cell": list(tau), "size": list(tau), "params": [None] * len(tau), "task": ["cmp"] * len(tau),
+            "frequency": [1.0] * len(tau), "gap": [16] * len(tau), "tau": list(tau.values())}
+    return RunTables("retention", "lm.retention", {"decay": cols})
+
+
+def test_l9_larger_models_retain_longer():
+    assert verdict("L9", retention_run({"cpu-30k": 12.0, "cpu-600k": 40.0})).verdict == REPRODUCED
+    assert verdict("L9", retention_run({"cpu-30k": 12.0, "cpu-600k": float("inf")})).verdict == REPRODUCED
+    assert verdict("L9", retention_run({"cpu-30k": 40.0, "cpu-600k": 12.0})).verdict == NOT_REPRODUCED
+    assert verdict("L9", retention_run({"cpu-30k": float("nan"), "cpu-600k": 12.0})).verdict == NOT_RUN
+    assert verdict("L9").verdict == NOT_RUN
