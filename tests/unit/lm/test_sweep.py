@@ -138,7 +138,7 @@ def fake_train(calls):
 def test_finished_cells_are_read_back_and_unfinished_ones_trained(tmp_path, monkeypatch):
     calls, checked = [], []
     monkeypatch.setattr(sweep_mod, "train", fake_train(calls))
-    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells: checked.append(len(cells)))  # no corpus here
+    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells, **kw: checked.append(len(cells)))  # no corpus here
     monkeypatch.setattr(runs, "git_commit", lambda: "test")  # fast RunMeta
     cfg = sweep_cfg(tmp_path, 'sizes = ["cpu-30k", "cpu-150k"]\nfrequencies = [1e-3, 1e-4]\ntasks = ["cmp"]\n')
     out = tmp_path / "sweep"
