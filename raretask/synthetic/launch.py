@@ -40,7 +40,7 @@ def launch_sweep(cfg: SynthConfig, out: Path, *, overwrite: bool = False, wait: 
     does. The job that ends the sweep gathers its tables; `wait`: none does, the caller gathers."""
     check_available(cfg.launcher, submitting=True)  # before anything is written
     out = Path(out)
-    start(cfg, out, overwrite=overwrite)
+    start(cfg, out, overwrite=overwrite, here=False)
     every = point_jobs(cfg, out)
     gather_job = None if wait else Job("gather", ["synth", "gather", str(out), "--no-progress"], out)
     return submit([j for j in every if not j.finished()], cfg.launcher, out=out, name=job_name(out),
@@ -50,7 +50,7 @@ def launch_sweep(cfg: SynthConfig, out: Path, *, overwrite: bool = False, wait: 
 def train_point(out: Path, point: str, *, progress: bool = False) -> None:
     """Train grid point `point` of the sweep in `out` (as `run` trains each of its points) into out/groups/<point>;
     a finished point is left as it is, an unfinished one resumes from its checkpoint."""
-    from raretask.devices import choose_threads, resolve_device, torch_threads
+    from raretask.devices import choose_threads, torch_threads
     from raretask.progress import progress_bar
 
     out = Path(out)
@@ -59,7 +59,6 @@ def train_point(out: Path, point: str, *, progress: bool = False) -> None:
     if point not in points:
         raise ConfigError(f"{point!r}: no such grid point in {out} (points: {', '.join(points)})")
     assign, gcfg = points[point]
-    resolve_device(cfg.train.device)
     timings: dict[str, Any] = {}
     with torch_threads(choose_threads(cfg.train.threads)), progress_bar(enabled=progress) as bar:
         grid_point(assign, gcfg, out, bar, timings)

@@ -466,21 +466,23 @@ def grid_point(assign: dict[str, Any], cfg: SynthConfig, out: Path, progress: An
     return res, cur
 
 
-def start(cfg: SynthConfig, out: Path, *, overwrite: bool = False) -> tuple[runs.RunMeta, Any, int]:
+def start(cfg: SynthConfig, out: Path, *, overwrite: bool = False,
+          here: bool = True) -> tuple[runs.RunMeta, int]:
     """The run directory of `cfg` (a different config there refused, its launcher table aside) and its meta.json;
-    (meta, device, torch threads) of the grid points trained here."""
-    device = resolve_device(cfg.train.device)
+    (meta, torch threads of the grid points trained here). `here` false: the points train elsewhere (Slurm jobs),
+    whose device each point's own training checks."""
+    device = resolve_device(cfg.train.device) if here else None
     runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite, same=same_config)
-    threads = choose_threads(cfg.train.threads)
+    threads = choose_threads(cfg.train.threads) if here else cfg.train.threads
     meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=threads)
-    return meta, device, threads
+                        device=str(device or cfg.train.device), torch_threads=threads)
+    return meta, threads
 
 
 def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
     """Train every cell of the config's sweep into `out` (resuming what a killed run left); write its tables."""
     out = Path(out)
-    meta, _, threads = start(cfg, out, overwrite=overwrite)
+    meta, threads = start(cfg, out, overwrite=overwrite)
     results, curves, assigns, timings = [], [], [], {}
     with torch_threads(threads), progress_bar(enabled=progress) as bar:
         for assign, gcfg in expand_grid(cfg):
