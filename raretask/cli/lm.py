@@ -209,12 +209,12 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
     out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
     if cfg.launcher.kind is LauncherKind.SLURM:
         from raretask.cli.launch import launched
-        from raretask.lm import sweep
+        from raretask.lm import launch
 
         result = launched(cfg.launcher, out_dir, dry_run=dry_run, wait=wait, as_json=as_json,
-                          pending=lambda: [c.slug for c in sweep.pending_cells(cfg, out_dir)],
-                          submit=lambda w: sweep.launch_sweep(cfg, out_dir, overwrite=overwrite, wait=w),
-                          gather=lambda: sweep.gather(out_dir))
+                          pending=lambda: [c.slug for c in launch.pending_cells(cfg, out_dir)],
+                          submit=lambda w: launch.launch_sweep(cfg, out_dir, overwrite=overwrite, wait=w),
+                          gather=lambda: launch.gather(out_dir))
         if result is not None:
             _report_sweep(result, out_dir, as_json)
         return
@@ -237,7 +237,7 @@ def gather_command(run_dir: str, as_json: bool, no_progress: bool) -> None:
     cell is an error). The last job of `lm sweep --launcher slurm` runs it."""
     from pathlib import Path
 
-    from raretask.lm.sweep import gather
+    from raretask.lm.launch import gather
 
     _report_sweep(gather(Path(run_dir), progress=not no_progress), Path(run_dir), as_json)
 

@@ -44,8 +44,8 @@ same DIR therefore resumes a killed sweep; a different config there is refused (
 cells run is not what they compute), and so is a different corpus at the same `data.manifest` path (its token files
 or tokenizer differ from DIR/corpus.json); `--overwrite` starts afresh.
 
-On a Slurm cluster (`launcher.kind = "slurm"`, raretask.launcher): `launch_sweep` does the checks and writes the
-directory as `run_sweep` does, then submits each unfinished cell as one job of an array, each job the cell's
+On a Slurm cluster (`launcher.kind = "slurm"`, raretask.launcher): raretask.lm.launch's `launch_sweep` does the
+checks and writes the directory as `run_sweep` does (`start_sweep`), then submits each unfinished cell as one job of an array, each job the cell's
 `raretask lm train DIR/cells/<slug>.toml --out DIR/cells/<slug>` (the command `--workers` runs side by side), on
 `launcher.gpus` GPUs data-parallel (one process per GPU; `sweep.micro_batch = "preset"` sizes micro-batches for that
 many ranks). The tables are then gathered from the cells' directories by `gather` (`raretask lm gather DIR`), which
@@ -74,7 +74,7 @@ from typing import Any
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
-from raretask.launcher import Launch, LauncherConfig, LauncherKind, same_config
+from raretask.launcher import LauncherConfig, LauncherKind, same_config
 from raretask.lm.models import PRESETS
 from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Unit, registered_kinds
 from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, run_entry_point, train
@@ -423,39 +423,6 @@ def train_side_by_side(cells: list[Cell], out: Path, workers: int, progress: boo
                           f"(log: {failed[0].log})")
     return {name: {"status": "trained side by side", "wall_time_s": r.wall_s, "workers": plan.workers,
                    "threads": plan.threads} for name, r in results.items()}
-
-
-def pending_cells(cfg: LMSweepConfig, out: Path) -> list[Cell]:
-    """The cells of `cfg` not finished in `out` (reads only)."""
-    return [c for c in expand_cells(cfg) if not is_finished(Path(out) / "cells" / c.slug, c.config)]
-
-
-def launch_sweep(cfg: LMSweepConfig, out: Path, *, overwrite: bool = False, wait: bool = False) -> Launch:
-    """Submit every unfinished cell as one Slurm job (raretask.launcher), after the checks and the directory of
-    `run_sweep`. The job that ends the sweep gathers its tables; `wait`: none does, the caller gathers."""
-    from raretask.launcher import check_available, job_name, submit
-    from raretask.runner import Job
-
-    check_available(cfg.launcher, submitting=True)  # before anything is written
-    out = Path(out)
-    cells, done, _ = start_sweep(cfg, out, overwrite=overwrite, here=False)
-    jobs = cell_jobs([c for c in cells if c.slug not in done], out)
-    every = tuple(Job(c.slug, [], out / "cells" / c.slug) for c in cells)
-    gather_job = None if wait else Job("gather", ["lm", "gather", str(out), "--no-progress"], out)
-    return submit(jobs, cfg.launcher, out=out, name=job_name(out), gather=gather_job, every=every)
-
-
-def gather(out: Path, *, progress: bool = False) -> LMSweepResult:
-    """The sweep's tables from its finished cells (every cell read back, nothing trained): `raretask lm gather`."""
-    out = Path(out)
-    if not (out / "config.toml").is_file():
-        raise ConfigError(f"{out}: no sweep here (no config.toml)")
-    cfg = load_config(LMSweepConfig, out / "config.toml")
-    left = pending_cells(cfg, out)
-    if left:
-        raise ConfigError(f"{out}: {len(left)} of {len(expand_cells(cfg))} cells are not finished (first "
-                          f"{left[0].slug}; `raretask status {out}`)")
-    return run_sweep(cfg, out, progress=progress)
 
 
 def corpus_identity(manifest_dir: str | Path) -> dict[str, str] | None:
