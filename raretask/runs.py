@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -103,10 +103,13 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "pyarrow": pa.__version__}
 
 
-def prepare_run_dir(out: Path, config_toml: str, overwrite: bool = False) -> bool:
+def prepare_run_dir(out: Path, config_toml: str, overwrite: bool = False,
+                    same: Callable[[str, str], bool] | None = None) -> bool:
     """Create `out` for a run of `config_toml`. Returns True when resuming an unfinished/finished run of it.
 
-    An existing directory holding a different config is an error (unless overwrite), so runs are never mixed."""
+    An existing directory holding a different config is an error (unless overwrite), so runs are never mixed.
+    `same(existing, new)` says when two configs are the same run (default: the same text); the file then takes the
+    new text (e.g. the launcher table it differs in)."""
     out = Path(out)
     existing = out / "config.toml"
     is_run = existing.is_file() and (out / "meta.json").is_file()
@@ -115,8 +118,11 @@ def prepare_run_dir(out: Path, config_toml: str, overwrite: bool = False) -> boo
             raise ConfigError(f"--out {out}: not a raretask run directory; refusing to delete it for --overwrite")
         shutil.rmtree(out)
     elif existing.is_file():
-        if existing.read_text() != config_toml:
+        text = existing.read_text()
+        if not (same or str.__eq__)(text, config_toml):
             raise ConfigError(f"--out {out}: holds a run of a different config (choose another --out, or --overwrite)")
+        if text != config_toml:
+            write_text(existing, config_toml)
         return True
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: exists and is not a raretask run directory")

@@ -19,7 +19,7 @@ import raretask
 from raretask import presets
 from raretask.cli.advise import advise
 from raretask.cli.lm import lm
-from raretask.cli.options import handles_errors, run_options
+from raretask.cli.options import handles_errors, launcher_options, run_options, with_launcher
 from raretask.config import ConfigError, load_config
 from raretask.report import pages
 
@@ -101,26 +101,71 @@ def synth() -> None:
 
 
 @synth.command("run")
-@run_options()
+@run_options(dry_run_help="print the resolved config (--launcher slurm: the sbatch script) and exit")
+@launcher_options
 @handles_errors
 def synth_run(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
-              overwrite: bool, no_progress: bool) -> None:
+              overwrite: bool, no_progress: bool, launcher: str | None, wait: bool) -> None:
     """Train every cell of CONFIG's sweep (batched), write tables and figures to --out.
 
-    Re-running into the same --out resumes a killed run and skips finished grid points."""
+    Re-running into the same --out resumes a killed run and skips finished grid points. --launcher slurm: each
+    unfinished grid point of sweep.grid is one Slurm job (the [launcher] table sets its resources); the last job
+    gathers the tables (`raretask synth gather DIR`)."""
+    from raretask.launcher import LauncherKind
     from raretask.synthetic.train import SynthConfig, run
 
-    cfg = load_config(SynthConfig, config, list(overrides))
-    if dry_run:
+    cfg = load_config(SynthConfig, config, with_launcher(overrides, launcher))
+    out_dir = Path(out) if out else Path("runs") / Path(config).stem
+    if cfg.launcher.kind is LauncherKind.SLURM:
+        from raretask.cli.launch import launched
+        from raretask.synthetic import launch
+
+        result = launched(cfg.launcher, out_dir, dry_run=dry_run, wait=wait, as_json=as_json,
+                          pending=lambda: [j.name for j in launch.pending_points(cfg, out_dir)],
+                          submit=lambda w: launch.launch_sweep(cfg, out_dir, overwrite=overwrite, wait=w),
+                          gather=lambda: launch.gather(out_dir))
+        if result is None:
+            return
+    elif dry_run:
         click.echo(cfg.to_toml(), nl=False)
         return
-    out_dir = Path(out) if out else Path("runs") / Path(config).stem
-    result = run(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
+    else:
+        result = run(cfg, out_dir, progress=not no_progress, overwrite=overwrite)
     pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))
     else:
         click.echo(f"wrote {out_dir}/results.parquet, curves.parquet and figures")
+
+
+@synth.command("cell")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("point")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@handles_errors
+def synth_cell(run_dir: str, point: str, no_progress: bool) -> None:
+    """Train one grid point POINT (its name under RUN_DIR/groups) of the synthetic sweep in RUN_DIR: what each job
+    of `synth run --launcher slurm` runs. A finished point is left as it is; an unfinished one resumes."""
+    from raretask.synthetic.launch import train_point
+
+    train_point(Path(run_dir), point, progress=not no_progress)
+    click.echo(f"wrote {Path(run_dir) / 'groups' / point}")
+
+
+@synth.command("gather")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@handles_errors
+def synth_gather(run_dir: str, as_json: bool, no_progress: bool) -> None:
+    """The tables and figures of the synthetic sweep in RUN_DIR from its finished grid points (trains nothing; an
+    unfinished point is an error). The last job of `synth run --launcher slurm` runs it."""
+    from raretask.synthetic.launch import gather
+
+    result = gather(Path(run_dir), progress=not no_progress)
+    pages.draw(Path(run_dir))
+    click.echo(json.dumps(result.summary()) if as_json else f"wrote {run_dir}/results.parquet, curves.parquet and "
+                                                            f"figures")
 
 
 @synth.command("keys")
@@ -206,8 +251,9 @@ def report(run_dir: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of a table")
 @handles_errors
 def status_command(run_dir: str, as_json: bool) -> None:
-    """Where the sweep in RUN_DIR stands: each cell finished, running, failed (its last error line) or not started,
-    its steps done of its total, and an ETA. Reads the directory only (LM sweep, synthetic sweep, reproduce)."""
+    """Where the sweep in RUN_DIR stands: each cell finished, running, queued (submitted to Slurm), failed (its last
+    error line) or not started, its steps done of its total, and an ETA. Reads the directory only (LM sweep,
+    synthetic sweep, reproduce)."""
     from raretask.report.status import format_duration, read
 
     st = read(Path(run_dir))
@@ -218,7 +264,7 @@ def status_command(run_dir: str, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    styles = {"finished": "green", "running": "cyan", "failed": "bold red", "not started": "dim"}
+    styles = {"finished": "green", "running": "cyan", "queued": "yellow", "failed": "bold red", "not started": "dim"}
     table = Table(title=escape(f"{st.dir} ({st.kind})"))
     table.add_column("cell", no_wrap=True)
     table.add_column("state", no_wrap=True)

@@ -7,9 +7,11 @@ happen inside the commands so `raretask --help` stays fast.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from raretask.cli.options import handles_errors, parse_workers, run_options
+from raretask.cli.options import handles_errors, launcher_options, parse_workers, run_options, with_launcher
 from raretask.report import pages
 
 
@@ -136,6 +138,7 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
     back (`--resume` says so explicitly: it refuses an --out without a run). Data-parallel on several GPUs:
     `torchrun --nproc-per-node G -m raretask.lm.train CONFIG --out DIR`."""
     import json
+    import os
     from pathlib import Path
 
     from raretask.config import ConfigError, load_config
@@ -149,6 +152,12 @@ def train_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
     if resume and (overwrite or not (out_dir / "config.toml").is_file()):
         raise ConfigError(f"--resume: {'--overwrite starts afresh' if overwrite else f'no run in {out_dir} to resume'}")
     result = train(cfg, out_dir, progress=not no_progress, overwrite=overwrite, verbose=verbose)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of a data-parallel cell (a Slurm job's task)
+        from olmo_core.train import teardown_training_environment
+
+        teardown_training_environment()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # rank 0 draws and reports
     pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))
@@ -172,34 +181,71 @@ def train_keys() -> None:
 
 @lm.command("sweep")
 @run_options("sweep directory (default: runs/lm/<config name>)", what="sweep",
-             dry_run_help="print the resolved config and its cells, and exit", progress_help="no progress bars")
+             dry_run_help="print the resolved config and its cells (--launcher slurm: the sbatch script), and exit",
+             progress_help="no progress bars")
 @click.option("--workers", default="1", show_default=True,
               help="cells trained side by side, one process each (auto: the free cores); threads split between them")
+@launcher_options
 @handles_errors
 def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_json: bool, dry_run: bool,
-                  overwrite: bool, no_progress: bool, workers: str) -> None:
+                  overwrite: bool, no_progress: bool, workers: str, launcher: str | None, wait: bool) -> None:
     """Train every cell of CONFIG's grid (sizes x frequencies x tasks x gaps x seeds), one run each, then write
     results.parquet, curves.parquet and the paper's Fig. 5, 6, 22, 23 to --out.
 
     CONFIG is an LM training config plus a [sweep] table (see raretask.lm.sweep); `data.manifest=DIR` on the
     command line is relative to the working directory. Re-running into the same --out skips finished cells and
     resumes an unfinished one from its last checkpoint. Several GPUs:
-    `torchrun --nproc-per-node G -m raretask.lm.sweep CONFIG --out DIR`."""
-    import json
+    `torchrun --nproc-per-node G -m raretask.lm.sweep CONFIG --out DIR`. On a Slurm cluster, --launcher slurm:
+    each unfinished cell is one job of an array (the [launcher] table sets its GPUs, nodes, time, partition); the
+    last job gathers the tables (`raretask lm gather DIR`)."""
     from pathlib import Path
 
     from raretask.config import load_config
+    from raretask.launcher import LauncherKind
     from raretask.lm.sweep import LMSweepConfig, expand_cells, run_sweep
     from raretask.lm.train import cwd_overrides
 
-    cfg = load_config(LMSweepConfig, config, cwd_overrides(overrides))
+    cfg = load_config(LMSweepConfig, config, with_launcher(cwd_overrides(overrides), launcher))
+    out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
+    if cfg.launcher.kind is LauncherKind.SLURM:
+        from raretask.cli.launch import launched
+        from raretask.lm import launch
+
+        result = launched(cfg.launcher, out_dir, dry_run=dry_run, wait=wait, as_json=as_json,
+                          pending=lambda: [c.slug for c in launch.pending_cells(cfg, out_dir)],
+                          submit=lambda w: launch.launch_sweep(cfg, out_dir, overwrite=overwrite, wait=w),
+                          gather=lambda: launch.gather(out_dir))
+        if result is not None:
+            _report_sweep(result, out_dir, as_json)
+        return
     if dry_run:
         cells = expand_cells(cfg)
         click.echo(cfg.to_toml(), nl=False)
         click.echo(f"\n# {len(cells)} cells:\n" + "\n".join(f"#   {c.slug}" for c in cells))
         return
-    out_dir = Path(out) if out else Path("runs") / "lm" / Path(config).stem
     result = run_sweep(cfg, out_dir, progress=not no_progress, overwrite=overwrite, workers=parse_workers(workers))
+    _report_sweep(result, out_dir, as_json)
+
+
+@lm.command("gather")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@handles_errors
+def gather_command(run_dir: str, as_json: bool, no_progress: bool) -> None:
+    """The tables and figures of the LM sweep in RUN_DIR from its finished cells (trains nothing; an unfinished
+    cell is an error). The last job of `lm sweep --launcher slurm` runs it."""
+    from pathlib import Path
+
+    from raretask.lm.launch import gather
+
+    _report_sweep(gather(Path(run_dir), progress=not no_progress), Path(run_dir), as_json)
+
+
+def _report_sweep(result: Any, out_dir: Any, as_json: bool) -> None:
+    """Draw a finished sweep's figures, then print its summary (JSON, or one line per cell and task)."""
+    import json
+
     pages.draw(out_dir)
     if as_json:
         click.echo(json.dumps(result.summary()))

@@ -64,3 +64,24 @@ def parse_workers(text: str) -> int:
     if n < 1:
         raise ConfigError(f"--workers: expected a positive number or auto, got {text!r}")
     return n
+
+
+def launcher_options(fn: Callable) -> Callable:
+    """--launcher and --wait of the sweep commands (raretask.launcher); `with_launcher` applies --launcher."""
+    fn = click.option("--wait", is_flag=True,
+                      help="with --launcher slurm: wait for the jobs, then gather the tables here")(fn)
+    return click.option("--launcher", "launcher", default=None, metavar="local|slurm",
+                        help="where the cells run: local (this machine) or slurm (one job per unfinished cell, "
+                             "via submitit); default: the config's launcher.kind, local")(fn)
+
+
+def with_launcher(overrides: tuple[str, ...] | list[str], launcher: str | None) -> list[str]:
+    """The config overrides with --launcher's kind last (so the flag wins over a `launcher.kind=` override)."""
+    if launcher is None:
+        return list(overrides)
+    from raretask.launcher import LauncherKind
+
+    kinds = [k.value for k in LauncherKind]
+    if launcher.lower() not in kinds:
+        raise ConfigError(f"--launcher: {launcher!r} is not one of {', '.join(kinds)}")
+    return [*overrides, f"launcher.kind={launcher.lower()}"]

@@ -40,8 +40,16 @@ the unit (from metrics.parquet).
 
 Resume: a finished cell (meta.json status "finished" with the same config) is read back, not retrained; an
 unfinished one continues from its last checkpoint (`train.checkpoint_every`). Re-running the same command on the
-same DIR therefore resumes a killed sweep; a different config there is refused, and so is a different corpus at the
-same `data.manifest` path (its token files or tokenizer differ from DIR/corpus.json); `--overwrite` starts afresh.
+same DIR therefore resumes a killed sweep; a different config there is refused (its `[launcher]` table aside: where
+cells run is not what they compute), and so is a different corpus at the same `data.manifest` path (its token files
+or tokenizer differ from DIR/corpus.json); `--overwrite` starts afresh.
+
+On a Slurm cluster (`launcher.kind = "slurm"`, raretask.launcher): raretask.lm.launch's `launch_sweep` does the
+checks and writes the directory as `run_sweep` does (`start_sweep`), then submits each unfinished cell as one job of an array, each job the cell's
+`raretask lm train DIR/cells/<slug>.toml --out DIR/cells/<slug>` (the command `--workers` runs side by side), on
+`launcher.gpus` GPUs data-parallel (one process per GPU; `sweep.micro_batch = "preset"` sizes micro-batches for that
+many ranks). The tables are then gathered from the cells' directories by `gather` (`raretask lm gather DIR`), which
+the last job runs.
 
 Before anything is written: the grid (no empty axis, known presets, frequencies > 0, tasks that exist), every
 cell's config, the corpus manifest, the injection plan of the most demanding cell (one scan of the corpus), the task
@@ -66,6 +74,7 @@ from typing import Any
 
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, load_config, option
+from raretask.launcher import LauncherConfig, LauncherKind, same_config
 from raretask.lm.models import PRESETS
 from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Unit, registered_kinds
 from raretask.lm.train import LMConfig, LMResult, cwd_overrides, read_result, run_entry_point, train
@@ -93,6 +102,7 @@ class LMGridConfig(Config):
 @dataclass
 class LMSweepConfig(LMConfig):
     sweep: LMGridConfig = option(factory=LMGridConfig, doc="the grid of cells")
+    launcher: LauncherConfig = option(factory=LauncherConfig, doc="where the cells train (raretask.launcher)")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> LMSweepConfig:
@@ -107,7 +117,14 @@ class LMSweepConfig(LMConfig):
         """The LM training config every cell starts from."""
         raw = self.to_dict()
         raw.pop("sweep", None)
+        raw.pop("launcher", None)
         return LMConfig.from_dict(raw)
+
+    def ranks(self) -> int:
+        """Processes each cell trains in: the Slurm launcher's (one per GPU), else this process group's."""
+        if self.launcher.kind is LauncherKind.SLURM:
+            return self.launcher.nodes * self.launcher.tasks_per_node()
+        return int(os.environ.get("WORLD_SIZE", "1"))
 
     def validate(self, path: str = "") -> None:
         s = self.sweep
@@ -199,7 +216,7 @@ def expand_cells(cfg: LMSweepConfig) -> list[Cell]:
     templates = task_templates(cfg)
     groups = [templates] if s.tasks_together else [[t] for t in templates]
     base = cfg.base().to_dict()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.ranks()
     cells = []
     for size, group, freq, gap, seed in itertools.product(s.sizes, groups, s.frequencies, s.gaps, s.seeds):
         raw = copy.deepcopy(base)
@@ -238,10 +255,11 @@ def _recipe_micro_batch(size: str, seq_len: int, global_batch_seqs: int, world: 
 # ------------------------------------------------------------------------------------------------ before writing
 
 
-def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
+def preflight(cfg: LMSweepConfig, cells: list[Cell], *, here: bool = True) -> None:
     """Checks that would otherwise fail a cell hours into the sweep: the corpus, the injection plan of the most
     demanding cell (enough slots in every batch), the task tokens against the vocabulary, the device and (single
-    process) the memory of each size. Writes nothing outside a scratch directory."""
+    process) the memory of each size. Writes nothing outside a scratch directory. `here` false: the cells train on
+    other machines (Slurm jobs), whose device and memory each cell's own training checks."""
     from raretask.lm.corpus import Manifest
     from raretask.lm.models import available_memory, memory_estimate
     from raretask.lm.tasks import build_tasks
@@ -249,7 +267,7 @@ def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
     from raretask.lm.train import Precision, band_counts, model_vocab_size
     from raretask.lm.train import prepare as train_prepare
 
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device) if here else None
     try:
         manifest = Manifest.load(cfg.data.manifest)
     except ConfigError as e:
@@ -262,13 +280,13 @@ def preflight(cfg: LMSweepConfig, cells: list[Cell]) -> None:
     # (most instances in one batch) once, in a scratch directory.
     tokens_per_batch = t.global_batch_seqs * cfg.data.seq_len
     worst = max(cells, key=lambda c: max(c.gap, 1) * sum(x.rate_per_batch(tokens_per_batch) for x in c.config.tasks))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.ranks()
     with tempfile.TemporaryDirectory(prefix="raretask-preflight-") as scratch:
         try:
             train_prepare(worst.config, Path(scratch), world)
         except ConfigError as e:
             raise ConfigError(f"sweep cell {worst.slug}: {e}") from None
-    have = available_memory(device) if world == 1 else None
+    have = available_memory(device) if world == 1 and here else None
     seen: set[tuple[str, tuple[str, ...], int]] = set()
     for c in cells:
         key = (c.size, c.tasks, c.config.train.micro_batch_seqs)
@@ -319,24 +337,8 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
     write the combined tables (the CLI then draws the figures); see the module docstring. `workers` > 1 trains that
     many cells side by side, each in its own process (`raretask lm train`), the free cores split between them."""
     out = Path(out)
-    cells = expand_cells(cfg)
     rank = int(os.environ.get("RANK", "0"))
-    toml = cfg.to_toml()
-    if not overwrite and (out / "config.toml").is_file() and (out / "config.toml").read_text() != toml:
-        # checked on every rank, so no rank waits for a sweep that rank 0 refused
-        raise ConfigError(f"--out {out}: holds a run of a different config (choose another --out, or --overwrite)")
-    corpus = check_corpus(cfg, out, overwrite)  # on every rank too, before any cell is read back or trained
-    done = {c.slug for c in cells if not overwrite and is_finished(out / "cells" / c.slug, c.config)}
-    if len(done) < len(cells):  # a finished sweep is read back without touching the corpus
-        preflight(cfg, [c for c in cells if c.slug not in done])
-    meta = None
-    if rank == 0:
-        runs.prepare_run_dir(out, toml, overwrite=overwrite)
-        if corpus is not None:
-            runs.write_json(out / CORPUS_RECORD, corpus)  # before any cell trains: every cell is of this corpus
-        meta = runs.RunMeta(out, kind=KIND, seeds=cfg.sweep.seeds, sizes=cfg.sweep.sizes,
-                            frequencies=cfg.sweep.frequencies, tasks=sorted({t for c in cells for t in c.tasks}),
-                            gaps=cfg.sweep.gaps, cells=[c.slug for c in cells])
+    cells, done, meta = start_sweep(cfg, out, overwrite=overwrite, rank=rank)
     console = _console() if progress and rank == 0 else None
     timings: dict[str, Any] = {}
     pending = [c for c in cells if c.slug not in done and not is_finished(out / "cells" / c.slug, c.config)]
@@ -367,12 +369,35 @@ def run_sweep(cfg: LMSweepConfig, out: Path, *, progress: bool = True, overwrite
     return sweep
 
 
-def train_side_by_side(cells: list[Cell], out: Path, workers: int, progress: bool) -> dict[str, Any]:
-    """Train `cells` as separate `raretask lm train` processes, at most `workers` at a time, the free cores split
-    between them (train.threads 0 takes the runner's thread count). Each cell's config is written beside its
-    directory, so the process trains exactly the cell the sweep reads back. A failed cell is a one-line error
-    naming its log, after the others finished."""
-    from raretask.runner import Job, Plan, run_jobs
+def start_sweep(cfg: LMSweepConfig, out: Path, *, overwrite: bool = False, rank: int = 0, here: bool = True
+                ) -> tuple[list[Cell], set[str], runs.RunMeta | None]:
+    """Before any cell trains: the checks (the config and corpus of an existing DIR, the preflight of the cells to
+    train), then the directory, its corpus record and meta.json (rank 0). (cells, slugs finished, meta)."""
+    cells = expand_cells(cfg)
+    toml = cfg.to_toml()
+    existing = out / "config.toml"
+    if not overwrite and existing.is_file() and not same_config(existing.read_text(), toml):
+        # checked on every rank, so no rank waits for a sweep that rank 0 refused
+        raise ConfigError(f"--out {out}: holds a run of a different config (choose another --out, or --overwrite)")
+    corpus = check_corpus(cfg, out, overwrite)  # on every rank too, before any cell is read back or trained
+    done = {c.slug for c in cells if not overwrite and is_finished(out / "cells" / c.slug, c.config)}
+    if len(done) < len(cells):  # a finished sweep is read back without touching the corpus
+        preflight(cfg, [c for c in cells if c.slug not in done], here=here)
+    meta = None
+    if rank == 0:
+        runs.prepare_run_dir(out, toml, overwrite=overwrite, same=same_config)
+        if corpus is not None:
+            runs.write_json(out / CORPUS_RECORD, corpus)  # before any cell trains: every cell is of this corpus
+        meta = runs.RunMeta(out, kind=KIND, seeds=cfg.sweep.seeds, sizes=cfg.sweep.sizes,
+                            frequencies=cfg.sweep.frequencies, tasks=sorted({t for c in cells for t in c.tasks}),
+                            gaps=cfg.sweep.gaps, cells=[c.slug for c in cells])
+    return cells, done, meta
+
+
+def cell_jobs(cells: list[Cell], out: Path) -> list[Any]:
+    """Each cell as a `raretask lm train` command (a raretask.runner.Job). Its config is written beside its
+    directory, so the process trains exactly the cell the sweep reads back."""
+    from raretask.runner import Job
 
     jobs = []
     for c in cells:
@@ -380,6 +405,16 @@ def train_side_by_side(cells: list[Cell], out: Path, workers: int, progress: boo
         runs.write_text(toml, c.config.to_toml())
         jobs.append(Job(c.slug, ["lm", "train", str(toml), "--out", str(out / "cells" / c.slug), "--no-progress"],
                         out / "cells" / c.slug))
+    return jobs
+
+
+def train_side_by_side(cells: list[Cell], out: Path, workers: int, progress: bool) -> dict[str, Any]:
+    """Train `cells` as separate `raretask lm train` processes, at most `workers` at a time, the free cores split
+    between them (train.threads 0 takes the runner's thread count). A failed cell is a one-line error naming its
+    log, after the others finished."""
+    from raretask.runner import Plan, run_jobs
+
+    jobs = cell_jobs(cells, out)
     plan = Plan.for_machine(min(workers, len(jobs)))
     results = run_jobs(jobs, plan, logs=out / "logs", progress=progress)
     failed = [r for r in results.values() if r.status == "failed"]

@@ -1,5 +1,5 @@
 """Where a sweep stands, read from its run directory alone (`raretask status DIR`): each cell finished, running,
-failed (with its last error line) or not started, its steps done of its total, and an ETA.
+queued, failed (with its last error line) or not started, its steps done of its total, and an ETA.
 
     st = read(Path("runs/lm-demo"))          # RunStatus: dir, kind, cells, counts, eta_s; st.to_json()
     rows = cells(Path("runs/lm-demo"))       # the list[CellStatus] alone
@@ -14,9 +14,12 @@ files say. Supported directories (by meta.json `kind`):
               log exists. not started: none of these. Steps: the last `step` of metrics.parquet or the latest
               complete checkpoint, whichever is later; the total is the cell's train.steps.
   synthetic   one row per grid point of its config (raretask.synthetic.train.expand_grid), named by its directory
-              groups/<slug>. finished: results.parquet there; running: checkpoint.pt there (steps: the checkpoint's,
-              so the point is at least that far); not started: neither (a point trains a while before its first
-              checkpoint, so the point being trained may read "not started" until then).
+              groups/<slug>. finished: results.parquet there; failed: not finished and logs/<slug>.log (written when
+              a Slurm job trains the point) ends in an error; running: checkpoint.pt there (steps: the checkpoint's,
+              so the point is at least that far), or its log exists; not started: none of these (a point trains a
+              while before its first checkpoint, so the point being trained may read "not started" until then).
+  queued      (both sweeps) a cell "not started" that the last Slurm submission (DIR/jobs.json, raretask.launcher)
+              sent as a job: waiting for the cluster.
   reproduce   one row per experiment of its meta.json (and lm/corpus when present). finished: the sub-run's
               meta.json says so; failed: the experiment's status recorded in DIR/meta.json is "failed", or its
               logs/<name>.log ends in an error; not started (with the reason) when recorded "skipped"; running: the
@@ -52,7 +55,7 @@ from typing import Any
 
 from raretask.config import ConfigError
 
-STATES = ("finished", "running", "failed", "not started")
+STATES = ("finished", "running", "queued", "failed", "not started")
 _LOG_TAIL = 64 * 1024  # bytes of a log read from its end
 _ERROR_LINE = re.compile(r"(error|interrupted):|[A-Za-z_][\w.]*(Error|Exception|Interrupt)(:|$)")
 
@@ -115,6 +118,13 @@ def read(run_dir: Path) -> RunStatus:
         rows = [_lm_cell(d, d.name, _toml_steps(d / "config.toml"), None)]
     else:
         rows = [CellStatus(d.name, "finished" if meta.get("status") == "finished" else "running")]
+    if kind in ("lm.sweep", "synthetic"):
+        from raretask.launcher import read_jobs
+
+        submitted = read_jobs(d)
+        for row in rows:
+            if row.state == "not started" and row.name in submitted:
+                row.state = "queued"
     return RunStatus(d, kind, rows, _estimate(rows))
 
 
@@ -269,12 +279,17 @@ def _synthetic(d: Path, meta: dict[str, Any]) -> list[CellStatus]:
         slug, total = group_slug(assign), gcfg.train.steps
         gdir = d / "groups" / slug
         ckpt = gdir / "checkpoint.pt"
+        log = d / "logs" / f"{slug}.log"
+        error = log_error(log)
         if (gdir / "results.parquet").is_file():
             sps = (timings.get(group_name(assign)) or {}).get("steps_per_s")
             rate = 1.0 / sps if isinstance(sps, (int, float)) and sps > 0 else None
             rows.append(CellStatus(slug, "finished", total, total, eta_s=0.0, seconds_per_step=rate))
-        elif ckpt.is_file():
-            step, elapsed = _synthetic_checkpoint(ckpt)
+        elif ckpt.is_file() or log.is_file():
+            step, elapsed = _synthetic_checkpoint(ckpt) if ckpt.is_file() else (0, None)
+            if error is not None:
+                rows.append(CellStatus(slug, "failed", step, total, error=error))
+                continue
             rate = elapsed / step if step and elapsed else None
             eta = rate * max(total - step, 0) if rate is not None and step is not None else None
             rows.append(CellStatus(slug, "running", step, total, eta_s=eta, seconds_per_step=rate))
@@ -343,12 +358,12 @@ def _estimate(rows: list[CellStatus]) -> float | None:
     """Fill in not-started cells' ETAs from the measured speeds; return the run's ETA (module docstring)."""
     measured = [c for c in rows if c.seconds_per_step is not None]
     for c in rows:
-        if c.state != "not started" or c.eta_s is not None or c.steps_total is None or not measured:
+        if c.state not in ("not started", "queued") or c.eta_s is not None or c.steps_total is None or not measured:
             continue
         same = [m.seconds_per_step for m in measured if c.family is not None and m.family == c.family]
         speeds = same or [m.seconds_per_step for m in measured]
         c.eta_s = sum(speeds) / len(speeds) * c.steps_total  # type: ignore[arg-type]
-    left = [c for c in rows if c.state in ("running", "not started")]
+    left = [c for c in rows if c.state in ("running", "queued", "not started")]
     if any(c.eta_s is None for c in left):
         return None
     return sum(c.eta_s for c in left) / max(1, sum(c.state == "running" for c in left))  # type: ignore[misc]

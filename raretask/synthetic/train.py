@@ -6,7 +6,8 @@
 Within one grid point every (seed, width) cell trains in the same tensors (see model.py). Non-width/seed sweep keys
 (e.g. `mixture.zipf = [0.5, 1, 1.5, 2]` under [sweep]) expand into grid points trained one after another, each in
 DIR/groups/<name>/; a finished grid point is skipped by reading its results, an unfinished one resumes from its
-last checkpoint.
+last checkpoint. A grid point is the sweep's cell: on a Slurm cluster (`launcher.kind = "slurm"`) each unfinished
+one is one job (raretask.synthetic.launch).
 
 Metrics (every `eval.every` steps, cells x tasks): loss l_k = E||y_k - y^_k||^2 (summed over outputs, label noise
 excluded), normalised loss l_k / Tr(C_k) (= per-output MSE over the mean predictor's Tr(C_k)/r_k), signal
@@ -31,6 +32,7 @@ import torch
 from raretask import runs
 from raretask.config import Config, ConfigError, StrEnum, get_path, option, set_raw
 from raretask.devices import choose_threads, resolve_device, torch_threads
+from raretask.launcher import LauncherConfig, LauncherKind, same_config
 from raretask.progress import progress_bar
 from raretask.synthetic.mixture import Mixture, MixtureConfig, TaskStream
 from raretask.synthetic.model import CellStudent, EncoderKind, SweepStudent
@@ -104,6 +106,7 @@ class SynthConfig(Config):
     train: TrainConfig = option(factory=TrainConfig, doc="optimisation")
     eval: EvalConfig = option(factory=EvalConfig, doc="metrics")
     sweep: SweepConfig = option(factory=SweepConfig, doc="cells to train")
+    launcher: LauncherConfig = option(factory=LauncherConfig, doc="where the grid points train (raretask.launcher)")
 
     def resolve_paths(self, base: Path) -> None:
         self.mixture.resolve_paths(base)
@@ -118,9 +121,13 @@ class SynthConfig(Config):
         for name, values in [("sweep.widths", s.widths), ("sweep.seeds", s.seeds)]:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name}: values repeat")
+        ranks = self.launcher.tasks_per_node() * self.launcher.nodes
+        if self.launcher.kind is LauncherKind.SLURM and ranks > 1:
+            raise ConfigError(f"launcher: a synthetic grid point trains in one process on one device, but launcher."
+                              f"gpus and launcher.nodes ask for {ranks} processes")
         for key, values in s.grid.items():
-            if key.split(".")[0] == "sweep":
-                raise ConfigError(f"sweep.{key}: the sweep cannot range over sweep keys")
+            if key.split(".")[0] in ("sweep", "launcher"):
+                raise ConfigError(f"sweep.{key}: the sweep cannot range over {key.split('.')[0]} keys")
             get_path(self, key)  # unknown keys are errors here, with the key named
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
@@ -264,7 +271,9 @@ def metric_rows(m: dict[str, np.ndarray], mixture: Mixture, widths: list[int], s
         cols["signal_corrected"].append(float(corrected_signal(m["signal"][s, c, k], widths[c], mixture.dim)))
         cols["residual"].append(float(m["residual"][s, c]))
         for name, value in extra.items():
-            cols[name].append(value[s, c] if isinstance(value, np.ndarray) else value)
+            # a Python scalar: the column's type is then the same whether the table is built here or read back
+            # from a grid point's file (float32 values became float32 columns, read back as float64)
+            cols[name].append(value[s, c].item() if isinstance(value, np.ndarray) else value)
     return cols
 
 
@@ -457,14 +466,23 @@ def grid_point(assign: dict[str, Any], cfg: SynthConfig, out: Path, progress: An
     return res, cur
 
 
+def start(cfg: SynthConfig, out: Path, *, overwrite: bool = False,
+          here: bool = True) -> tuple[runs.RunMeta, int]:
+    """The run directory of `cfg` (a different config there refused, its launcher table aside) and its meta.json;
+    (meta, torch threads of the grid points trained here). `here` false: the points train elsewhere (Slurm jobs),
+    whose device each point's own training checks."""
+    device = resolve_device(cfg.train.device) if here else None
+    runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite, same=same_config)
+    threads = choose_threads(cfg.train.threads) if here else cfg.train.threads
+    meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
+                        device=str(device or cfg.train.device), torch_threads=threads)
+    return meta, threads
+
+
 def run(cfg: SynthConfig, out: Path, *, progress: bool = True, overwrite: bool = False) -> SweepResult:
     """Train every cell of the config's sweep into `out` (resuming what a killed run left); write its tables."""
     out = Path(out)
-    runs.prepare_run_dir(out, cfg.to_toml(), overwrite=overwrite)
-    device = resolve_device(cfg.train.device)
-    threads = choose_threads(cfg.train.threads)
-    meta = runs.RunMeta(out, kind="synthetic", seeds=cfg.sweep.seeds, widths=cfg.sweep.widths,
-                        device=str(device), torch_threads=threads)
+    meta, threads = start(cfg, out, overwrite=overwrite)
     results, curves, assigns, timings = [], [], [], {}
     with torch_threads(threads), progress_bar(enabled=progress) as bar:
         for assign, gcfg in expand_grid(cfg):

@@ -39,7 +39,7 @@ def test_synthetic_sweep_finished_then_one_point_running(cli, tmp_path):
     assert s["kind"] == "synthetic" and s["dir"] == str(out)
     assert [(c["name"], c["state"], c["steps"], c["total"]) for c in s["cells"]] == [
         ("mixture.zipf=0.5", "finished", 40, 40), ("mixture.zipf=1.5", "finished", 40, 40)]
-    assert s["counts"] == {"finished": 2, "running": 0, "failed": 0, "not started": 0} and s["eta_s"] == 0
+    assert s["counts"] == {"finished": 2, "running": 0, "queued": 0, "failed": 0, "not started": 0} and s["eta_s"] == 0
 
     group = out / "groups" / "mixture.zipf=1.5"
     (group / "results.parquet").unlink()

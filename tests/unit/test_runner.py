@@ -41,3 +41,21 @@ def test_the_error_line_is_the_last_error_not_the_last_line():
     assert last_error_line("warming up\nerror: train.lr: must be > 0, got 0\n\n") == "error: train.lr: must be > 0, got 0"
     assert last_error_line("Traceback\n  File x\nValueError: bad\n") == "ValueError: bad"
     assert last_error_line("") == "(no output)"
+
+
+def test_one_cell_runs_as_run_jobs_runs_it_and_a_killed_one_says_so(tmp_path):
+    """run_cell (what a Slurm job runs): the same command and log; a finished run is not started again; a process
+    killed by a signal gets an error line saying so, which is what `raretask status` shows."""
+    from raretask.runner import run_cell
+
+    ok = run_cell(Job("ok", ["--version"], tmp_path / "ok"), threads=1, logs=tmp_path / "logs")
+    assert ok.status == "finished" and "raretask" in (tmp_path / "logs" / "ok.log").read_text()
+    killed = run_cell(Job("killed", ["--version"], tmp_path / "killed"), threads=1, logs=tmp_path / "logs",
+                      on_start=lambda proc: proc.kill())
+    assert killed.status == "failed" and killed.error == ("error: killed by SIGKILL: run the same command again "
+                                                          "to resume from the last checkpoint")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.parquet").write_text("")
+    assert run_cell(Job("done", ["nowhere"], done, marker="results.parquet"), threads=1, logs=tmp_path).status == \
+        "done before"

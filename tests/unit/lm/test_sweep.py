@@ -84,6 +84,19 @@ def test_recipe_micro_batch_keeps_the_presets_tokens_per_micro_batch(tmp_path):
     assert sweep_mod._recipe_micro_batch("4M", 512, 16, world=1) == 16  # capped by the rank's batch
 
 
+def test_a_slurm_cell_on_g_gpus_is_sized_for_g_ranks_and_its_config_has_no_launcher(tmp_path):
+    """Each of a Slurm cell's processes (one per GPU) trains its share of the batch: the recipe micro-batch is sized
+    for that many ranks, as under torchrun; the launcher table stays with the sweep, out of the cells' configs."""
+    grid = 'sizes = ["cpu-30k"]\nfrequencies = [1e-3]\ntasks = ["cmp"]\nmicro_batch = "preset"\n'
+    local = sweep_cfg(tmp_path, grid, "train.global_batch_seqs=64")
+    slurm = sweep_cfg(tmp_path, grid, "train.global_batch_seqs=64", "launcher.kind=slurm",
+                      "launcher.gpus_per_node=4", "launcher.nodes=2", "launcher.partition=gpu")
+    assert (local.ranks(), slurm.ranks()) == (1, 8)
+    (a,), (b,) = expand_cells(local), expand_cells(slurm)
+    assert (a.config.train.micro_batch_seqs, b.config.train.micro_batch_seqs) == (64, 8)  # capped by the rank's batch
+    assert "launcher" not in b.config.to_toml() and "partition" not in b.config.to_toml()
+
+
 @pytest.mark.parametrize("grid, message", [
     ('sizes = []\nfrequencies = [1e-3]\n', "sweep.sizes: empty"),
     ('sizes = ["cpu-30k"]\nfrequencies = []\n', "sweep.frequencies: empty"),
@@ -138,7 +151,7 @@ def fake_train(calls):
 def test_finished_cells_are_read_back_and_unfinished_ones_trained(tmp_path, monkeypatch):
     calls, checked = [], []
     monkeypatch.setattr(sweep_mod, "train", fake_train(calls))
-    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells: checked.append(len(cells)))  # no corpus here
+    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells, **kw: checked.append(len(cells)))  # no corpus here
     monkeypatch.setattr(runs, "git_commit", lambda: "test")  # fast RunMeta
     cfg = sweep_cfg(tmp_path, 'sizes = ["cpu-30k", "cpu-150k"]\nfrequencies = [1e-3, 1e-4]\ntasks = ["cmp"]\n')
     out = tmp_path / "sweep"

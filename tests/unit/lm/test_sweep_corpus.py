@@ -34,7 +34,7 @@ def calls(monkeypatch):
     """Training calls of the fake trainer; no OLMo, no corpus scan."""
     made: list[str] = []
     monkeypatch.setattr(sweep_mod, "train", fake_train(made))
-    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells: None)
+    monkeypatch.setattr(sweep_mod, "preflight", lambda cfg, cells, **kw: None)
     monkeypatch.setattr(runs, "git_commit", lambda: "test")
     return made
 

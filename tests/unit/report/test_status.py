@@ -85,7 +85,7 @@ def test_lm_sweep_states_steps_error_counts_and_eta(tmp_path):
     assert [(c.steps_done, c.steps_total) for c in st.cells] == [(100, 100), (40, 100), (10, 100), (0, 100)]
     assert rows[FAILED].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert all(rows[n].error is None for n in (FINISHED, RUNNING, NOT_STARTED))
-    assert st.counts == {"finished": 1, "running": 1, "failed": 1, "not started": 1}
+    assert st.counts == {"finished": 1, "running": 1, "queued": 0, "failed": 1, "not started": 1}
     # speeds: finished 50 s / 100 steps; running (t0+20 - t0) / (40 - 0) -> both 0.5 s/step
     assert rows[FINISHED].eta_s == 0 and rows[FAILED].eta_s is None
     assert rows[RUNNING].eta_s == pytest.approx(0.5 * 60, abs=0.01)
@@ -95,8 +95,21 @@ def test_lm_sweep_states_steps_error_counts_and_eta(tmp_path):
     assert set(j) == {"dir", "kind", "cells", "counts", "eta_s"} and j["kind"] == "lm.sweep"
     assert j["cells"][2] == {"name": FAILED, "state": "failed", "steps": 10, "total": 100,
                              "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", "eta_s": None}
-    assert j["counts"] == {"finished": 1, "running": 1, "failed": 1, "not started": 1}
+    assert j["counts"] == {"finished": 1, "running": 1, "queued": 0, "failed": 1, "not started": 1}
     assert status.cells(tmp_path / "sweep") == st.cells
+
+
+def test_a_cell_submitted_to_slurm_and_not_started_is_queued(tmp_path):
+    """DIR/jobs.json (raretask.launcher's record of the last submission) names the cells sent as jobs: one that has
+    not started yet is queued; one that started (a log, a checkpoint) keeps its own state; one not sent stays."""
+    out = write_sweep(tmp_path)
+    runs.write_json(out / "jobs.json", {"cells": {NOT_STARTED: "123_1", FAILED: "123_0"}})
+    st = status.read(out)
+    assert {c.name: c.state for c in st.cells} == {FINISHED: "finished", RUNNING: "running", FAILED: "failed",
+                                                   NOT_STARTED: "queued"}
+    assert st.counts["queued"] == 1 and st.cells[3].eta_s == pytest.approx(0.5 * 100, abs=0.01)
+    runs.write_json(out / "jobs.json", {"cells": {FAILED: "124"}})
+    assert status.read(out).cells[3].state == "not started"
 
 
 def test_same_size_speed_is_preferred_and_unknown_speed_gives_no_eta(tmp_path):
