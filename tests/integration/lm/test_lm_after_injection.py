@@ -13,6 +13,7 @@ import pytest
 from raretask.report import pages, scorecard
 
 from ..conftest import summary
+from .conftest import trained_run
 
 CONFIG = """
 seed = 1
@@ -54,16 +55,7 @@ flush_every = 5
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread) -> Path:
-    from raretask.config import load_config
-    from raretask.lm.corpus import CorpusConfig, SourceConfig, prepare
-    from raretask.lm.train import LMConfig, train
-
-    root = tmp_path_factory.mktemp("after_injection")
-    prepare(CorpusConfig(sources=[SourceConfig(kind="embedded", subset="bbcnews")], bpe_vocab_size=512,
-                         max_documents=150, heldout_fraction=0.1), root / "corpus", progress=False)
-    (root / "tiny.toml").write_text(CONFIG.format(manifest=root / "corpus"))
-    train(load_config(LMConfig, root / "tiny.toml"), root / "run", progress=False)
-    return root / "run"
+    return trained_run(tmp_path_factory.mktemp("after_injection"), CONFIG)
 
 
 def test_training_with_a_monitor_table_logs_every_step(run):

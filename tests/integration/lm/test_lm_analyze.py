@@ -11,6 +11,7 @@ import pytest
 from raretask.report import pages
 
 from ..conftest import summary
+from .conftest import trained_run
 
 CONFIG = """
 seed = 3
@@ -50,16 +51,7 @@ FAST = ["das_steps=20", "das_pairs=200", "das_eval_pairs=200", "presence_instanc
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread) -> Path:
-    from raretask.config import load_config
-    from raretask.lm.corpus import CorpusConfig, SourceConfig, prepare
-    from raretask.lm.train import LMConfig, train
-
-    root = tmp_path_factory.mktemp("analyze")
-    prepare(CorpusConfig(sources=[SourceConfig(kind="embedded", subset="bbcnews")], bpe_vocab_size=512,
-                         max_documents=150, heldout_fraction=0.1), root / "corpus", progress=False)
-    (root / "tiny.toml").write_text(CONFIG.format(manifest=root / "corpus"))
-    train(load_config(LMConfig, root / "tiny.toml"), root / "run", progress=False)
-    return root / "run"
+    return trained_run(tmp_path_factory.mktemp("analyze"), CONFIG)
 
 
 def test_analyze_writes_the_tables_figures_and_report_section(cli, run):

@@ -15,6 +15,7 @@ import torch
 from raretask.lm.evaluate import COLUMNS
 
 from ..conftest import ROOT, summary
+from .conftest import tiny_news_corpus
 
 HEADER = """
 seed = 3
@@ -50,13 +51,7 @@ frequency = 2e-4
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    from raretask.lm.corpus import CorpusConfig, SourceConfig, prepare
-
-    out = tmp_path_factory.mktemp("corpus") / "news"
-    cfg = CorpusConfig(sources=[SourceConfig(kind="embedded", subset="bbcnews")], bpe_vocab_size=512,
-                       max_documents=150, heldout_fraction=0.1)
-    prepare(cfg, out, progress=False)
-    return out
+    return tiny_news_corpus(tmp_path_factory.mktemp("corpus") / "news")
 
 
 @pytest.fixture(scope="module")
