@@ -38,7 +38,7 @@ from raretask.config import ConfigError
 from raretask.lm.plan import (  # noqa: F401  (re-exported: the injection API predates the split)
     InjectionPlan, Injections, Rate, plan_injections, reference_injections, write_injection_log)
 from raretask.lm.slots import (  # noqa: F401
-    INSTANCE_TOKENS, SlotTable, StepSlots, cached_sequence_slots, sequence_slots, stream_slots)
+    INSTANCE_TOKENS, SlotTable, StepSlots, cached_sequence_slots, sequence_slots, stream_slots, user_cache_dir)
 from raretask.lm.tasks import LMTaskConfig, Task
 
 STEPS_KEPT = 8  # steps whose injections a loader keeps: the batches its threads and prefetching have in flight
@@ -80,35 +80,21 @@ class InjectingFSLDataLoader(NumpyFSLDataLoader):
 
     # ---------------------------------------------------------------------------------------- the data order
 
-    def write_epoch_indices(self, epochs: int) -> None:
-        """OLMo-core's global-order files of epochs 1 .. `epochs` in work_dir (the Trainer's reshuffle reuses them).
-        Collective: every rank calls it (filesystem-local rank 0 writes, then a barrier)."""
-        saved = self._epoch, self._global_indices
-        try:
-            for epoch in range(1, epochs + 1):
-                self._epoch = epoch
-                self.build_and_save_global_indices()
-        finally:
-            self._epoch, self._global_indices = saved
-
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """(dataset length,) dataset indices of `epoch` (1-based) in the global order, memory-mapped from the file
-        `write_epoch_indices` wrote. Safe from the threads fetching items: it reads another epoch's file name from a
-        copy, never setting this loader's epoch."""
+        """(dataset length,) dataset indices of `epoch` (1-based) in the global order: memory-mapped from OLMo-core's
+        file in work_dir once its reshuffle has written it, else built in memory (what the file will hold). Leaves
+        the loader's state alone, so the threads fetching items may call it: it works on a copy."""
         other = copy.copy(self)
         other._epoch = epoch
-        path = other._global_indices_file
-        if not path.is_file():
-            raise RuntimeError(f"no global indices for epoch {epoch}: write_epoch_indices first")
-        return np.memmap(path, mode="r", dtype=np.uint32)
+        if other._global_indices_file.is_file():
+            return np.memmap(other._global_indices_file, mode="r", dtype=np.uint32)
+        return other._build_global_indices()
 
     def stream_order(self, steps: int) -> np.ndarray:
         """(steps * B,) dataset indices of the first `steps` global batches, epoch after epoch (small runs)."""
-        B = self.instances_per_batch
         epochs = math.ceil(steps / self.total_batches)
-        self.write_epoch_indices(epochs)
         return np.concatenate([self.epoch_indices(e)[: self.total_size] for e in range(1, epochs + 1)]
-                              ).astype(np.int64)[: steps * B]
+                              ).astype(np.int64)[: steps * self.instances_per_batch]
 
     # -------------------------------------------------------------------------------------------- the items
 
@@ -188,8 +174,10 @@ def build_data_loader(*, token_path: str | Path, dtype: str | np.dtype, eos_id: 
 
     `vocab_size` is the model's embedding size (batches are checked against it; dedicated task tokens must fit);
     `seed` orders the data and draws the plan; the data-parallel rank/world size default to torch.distributed's.
-    The token file's slots are cached in `slot_cache` (default: DIR/cache beside the file; the run's work_dir/cache
-    when that cannot be written). Pass the loader to `TrainerConfig.build(train_module, loader)`."""
+    The token file's slots are cached in `slot_cache` (default: DIR/cache beside the file; the user's cache,
+    $XDG_CACHE_HOME/raretask/slots, when that cannot be written); nothing is written into `work_dir` (the data order
+    is OLMo-core's, whose file its reshuffle writes there). Pass the loader to `TrainerConfig.build(train_module,
+    loader)`."""
     token_path = Path(token_path)
     if not token_path.is_file():
         raise ConfigError(f"token_path: no such file: {token_path}")
@@ -227,12 +215,11 @@ def build_data_loader(*, token_path: str | Path, dtype: str | np.dtype, eos_id: 
                           f"of {global_batch_seqs}")
 
     # One scan of the file per (file, T), by one process per filesystem; the others wait and read the cache.
-    cache_dirs = [Path(slot_cache) if slot_cache else token_path.parent / "cache", Path(work_dir) / "cache"]
+    cache_dirs = [Path(slot_cache) if slot_cache else token_path.parent / "cache", user_cache_dir() / "slots"]
     if get_fs_local_rank() == 0:
         cached_sequence_slots(token_path, np_dtype, seq_len, eos_id, cache_dirs)
     barrier()
     table = cached_sequence_slots(token_path, np_dtype, seq_len, eos_id, cache_dirs, write=False)
-    loader.write_epoch_indices(math.ceil(steps / loader.total_batches))
     slots = StepSlots(table, loader.epoch_indices, loader.total_batches, global_batch_seqs,
                       identity=f"{table.path.name}, order seed {seed} of {len(dataset)} sequences")
     loader.plan = plan_injections(tasks, task_cfgs, steps=steps, global_batch_seqs=global_batch_seqs,

@@ -350,6 +350,7 @@ def write_injection_log(plan: InjectionPlan, path: str | Path, *, rows_per_group
             if len(inj):
                 writer.write_table(table(inj))
                 total += len(inj)
+    plan.slots.forget()
     return total
 
 

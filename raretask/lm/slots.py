@@ -11,7 +11,8 @@ text before it.
 
 Scale. A paper run reads hundreds of millions of sequences, so the slots of every sequence of a token file
 (`SlotTable`, CSR) are found once per (file, T), chunk by chunk in bounded memory (`scan_slots`), and cached on
-disk (`cached_sequence_slots`): DIR/slots-<file>-T<T>-<key>/{indptr,offsets}.npy, read back memory-mapped. The key
+disk (`cached_sequence_slots`): CACHE/slots-<file>-T<T>-<key>/{indptr,offsets}.npy, read back memory-mapped, CACHE
+being the corpus's own cache/ directory, or the user's cache (`user_cache_dir`) when that one is read-only. The key
 hashes the file's resolved path, size and modification time (a sha256 of a 400 GB file would cost as much as the
 scan), its dtype, T and the EOS id: a file rewritten in place gets a new key and a fresh scan. The directory is
 built under a temporary name and renamed into place, so concurrent runs and ranks never read half a cache.
@@ -82,7 +83,7 @@ class SlotTable:
         return SlotTable(indptr, np.asarray(self.offsets[np.repeat(start, counts) + within], dtype=np.int64))
 
 
-def scan_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_tokens: int = 1 << 24,
+def scan_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_tokens: int = 1 << 22,
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The slots of the sequences of a token array (a memmap is read a chunk at a time), as consecutive pieces:
     (slots per sequence (m,), their offsets) for m whole sequences at a time."""
@@ -102,7 +103,7 @@ def scan_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_tokens: i
         yield np.bincount(seq, minlength=m).astype(np.int64), kept - seq * seq_len
 
 
-def sequence_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_tokens: int = 1 << 24) -> SlotTable:
+def sequence_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_tokens: int = 1 << 22) -> SlotTable:
     """Slots of every sequence of a token array cut into `seq_len` pieces (rows = dataset sequence indices), in
     memory (small corpora; `cached_sequence_slots` for token files)."""
     parts = list(scan_slots(tokens, seq_len, eos_id, chunk_tokens=chunk_tokens))
@@ -114,6 +115,11 @@ def sequence_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk_token
 def stream_slots(seq_slots: SlotTable, order: np.ndarray) -> SlotTable:
     """The slots of the sequences `order` (dataset indices, e.g. (steps * B,) in global batch order)."""
     return seq_slots.take(order)
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/raretask (default ~/.cache/raretask): where caches go when the corpus directory is read-only."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raretask"
 
 
 def slot_cache_name(token_path: str | Path, dtype: str | np.dtype, seq_len: int, eos_id: int) -> str:
@@ -250,7 +256,12 @@ class StepSlots:
             seqs = self.sequences(a, min(a + chunk_steps, steps))
             counts = np.asarray(indptr[seqs + 1], dtype=np.int64) - np.asarray(indptr[seqs], dtype=np.int64)
             out[a:a + len(seqs) // self.batch] = counts.reshape(-1, self.batch).sum(axis=1)
+        self.forget()
         return out
+
+    def forget(self) -> None:
+        """Drop the epoch order kept for the next lookups (built in memory, it is 4 bytes per sequence)."""
+        self._epoch = None
 
 
 @dataclass(frozen=True)

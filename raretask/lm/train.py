@@ -207,7 +207,8 @@ def model_vocab_size(cfg: LMConfig, manifest: Any, tasks: list[Any]) -> int:
 
 def prepare(cfg: LMConfig, out: Path, world_size: int = 1) -> Prepared:
     """Load the corpus, build the tasks and the injecting loader, check vocabulary, memory and batch shapes.
-    Writes nothing (ConfigError on any user mistake)."""
+    Writes nothing in `out` (only the corpus's slot cache, beside the corpus: raretask.lm.slots); ConfigError on any
+    user mistake."""
     from raretask.lm.corpus import Manifest
     from raretask.lm.injection import build_data_loader
     from raretask.lm.models import available_memory, memory_estimate
