@@ -204,8 +204,8 @@ def main() -> int:
           f"plan holds {new['held_mb']:.2f} MB, {new['pickled_plan_mb']:.2f} MB pickled for a worker")
     for part in ("plan", "rank_walk", "log"):
         f = new[part]
-        print(f"  {part:10s} {f['wall_s']:6.2f} s wall, {f['cpu_s']:6.2f} s CPU, peak {f['tracemalloc_peak_mb']:6.1f} MB "
-              f"NumPy + {f['arrow_peak_mb']:6.1f} MB Arrow, RSS +{f['peak_rss_mb'] or 0:.0f} MB")
+        print(f"  {part:10s} {f['wall_s']:6.2f} s wall, {f['cpu_s']:6.2f} s CPU, "
+              f"peak {f['tracemalloc_peak_mb']:6.1f} MB NumPy + {f['arrow_peak_mb']:6.1f} MB Arrow, RSS +{f['peak_rss_mb'] or 0:.0f} MB")
     rank_peak = max(new["plan"]["tracemalloc_peak_mb"], new["rank_walk"]["tracemalloc_peak_mb"])
     identical = same_logs(args.work)
     print(f"logs identical: {identical}; at full size the whole run holds ~{old['held_mb'] * args.fraction / 1e3:.0f} "

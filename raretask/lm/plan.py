@@ -15,19 +15,23 @@ split in stream order, every pass in a fresh seeded order. Step s is the (s+1)-t
 Keys. Counts are K x steps numbers (kilobytes for 20K steps), drawn for the whole run as they always were (one
 generator per task and purpose, keyed by task name, so adding a task leaves the others unchanged); the iid carry-over
 makes a step's count depend on earlier draws anyway. Everything per injection is keyed so that one step needs nothing
-of the others: step s's slots and dealing draw from `default_rng([seed, 0x5107, s])`, pass p of a task's instance
-cycle from `default_rng([seed, crc32(name), 2, p])`, and the j-th instance of a task is entry j of that cycle (the
-counts of earlier steps say where step s starts). Plans before this keying (PLAN_VERSION 1) drew placements from one
-generator across the steps and the passes from one generator: counts are unchanged, but which slot and which
-instance each injection got differs, so runs of the existing presets inject the same numbers at the same steps into
-other slots and in another order (their metrics move within seed noise; no test pins them).
+of the others: step s draws from `default_rng([seed, 0x5107, s])` one uniform key per slot of its batch (sequence
+starts' keys lowered by 1; the smallest keys win, so starts go first) and then the dealing to tasks; pass p of a
+task's instance cycle is `default_rng([seed, crc32(name), 2, p])`'s permutation of its train split, and the j-th
+injection of a task in stream order gets entry j of the cycle (the counts of earlier steps say where step s starts).
+Plans before this keying (PLAN_VERSION 1) drew every step's slots with `choice` from one generator and every pass
+from one generator, which no step can replay without the steps before it: counts are unchanged, but which slot and
+which instance each injection gets differs, so runs of the existing presets inject the same numbers at the same steps
+into other slots, in another order (their metrics move within seed noise; the tests pin no such numbers).
 
-Scale. `plan_injections` returns an `InjectionPlan`: the counts, the batches' slot counts, and a `StepSlots` source.
-`at(step)` computes one step (the whole global batch: the slot draw is over all of it), `share(step, rank, world)`
-keeps a data-parallel rank's sequences (OLMo-core gives rank r batch positions r, r + W, ...), `iter_steps` walks a
-range, `write_injection_log` streams DIR/injections.parquet a row group at a time. `reference_injections` is the same
-rule for the whole run at once, every injection in memory (the pre-scaling implementation, re-keyed): the check of
-the lazy plan on small cases, and what the benchmark (benchmarks/injection_plan.py) compares against.
+Scale. `plan_injections` returns an `InjectionPlan`: the counts, the batches' slot counts and a `StepSlots` source
+(a rank holds kilobytes to megabytes, whatever the run's length). `share(step, rank, world)` computes one step (the
+whole global batch: the slot draw is over all of it) and keeps a data-parallel rank's sequences (OLMo-core gives
+rank r batch positions r, r + W, ...): what the loader asks for; `block(start, stop)` computes a range of steps
+together (vectorised, one generator per step); `write_injection_log` streams DIR/injections.parquet a block of steps
+per row group. `reference_injections` is the same rule for the whole run at once, every injection in memory (the
+pre-scaling implementation, re-keyed, step by step): the check of the lazy plan on small cases, and what the
+benchmark (benchmarks/injection_plan.py) compares against.
 """
 
 from __future__ import annotations
@@ -90,10 +94,6 @@ class Injections:
         cols = [np.concatenate([np.zeros(0, dtype=np.int64), *(getattr(p, c) for p in parts)])
                 for c in ("step", "batch_pos", "offset", "task", "instance")]
         return cls(tasks, *cols, np.concatenate([np.zeros((0, 3), dtype=np.int64), *(p.tokens for p in parts)]))
-
-    def select(self, rows: np.ndarray) -> Injections:
-        return Injections(self.tasks, self.step[rows], self.batch_pos[rows], self.offset[rows], self.task[rows],
-                          self.instance[rows], self.tokens[rows])
 
     def log_table(self) -> pa.Table:
         """The injection log of these rows, built whole through Python lists (the pre-scaling `injection_log`;
@@ -210,12 +210,15 @@ class InjectionPlan:
         if not active.size:
             return Injections.concat(self.tasks, [])
         B, need = self.global_batch_seqs, need[:, active]
-        table = self.slots.table.take(self.slots.sequences(start, stop).reshape(-1, B)[active].ravel())
+        table = self.slots.table.take(self.slots.batches(start + active).ravel())
         bounds = np.asarray(table.indptr[::B])                # (steps + 1,) each step's first slot in `table`
-        gens = [_step_rng(self.seed, start + int(i)) for i in active]
-        keys = np.concatenate([g.random(n) for g, n in zip(gens, np.diff(bounds))]) - (table.offsets == 0)
-        chosen = _smallest(keys, bounds, need.sum(axis=0))    # ascending: stream order
-        task = np.concatenate([_deal(g, need[:, i]) for i, g in enumerate(gens)])
+        keys, dealt = [], []
+        for i, n in enumerate(np.diff(bounds)):  # each step's generator: its slots' keys, then the dealing
+            g = _step_rng(self.seed, start + int(active[i]))
+            keys.append(g.random(n))
+            dealt.append(_deal(g, need[:, i]))
+        chosen = _smallest(np.concatenate(keys) - (table.offsets == 0), bounds, need.sum(axis=0))  # stream order
+        task = np.concatenate(dealt)
         row = np.searchsorted(table.indptr, chosen, side="right") - 1
         step, batch_pos, offset = start + active[row // B], row % B, table.offsets[chosen]
         instance = np.zeros(len(task), dtype=np.int64)
@@ -237,8 +240,9 @@ class InjectionPlan:
             yield self.share(int(s), rank, world)
 
     def iter_blocks(self, rows: int = 1 << 20, rank: int = 0, world: int = 1) -> Iterator[Injections]:
-        """The whole run as blocks of whole steps, about `rows` injections each (on average)."""
-        per_block = max(1, int(rows * self.steps / max(len(self), 1)))
+        """The whole run as blocks of whole steps, about `rows` injections each (on average; at most 4096 steps, so
+        that a sparse run's per-step arrays stay small too)."""
+        per_block = min(4096, max(1, int(rows * self.steps / max(len(self), 1))))
         for a in range(0, self.steps, per_block):
             yield self.block(a, min(a + per_block, self.steps), rank, world)
 

@@ -244,6 +244,16 @@ class StepSlots:
             s += n
         return np.concatenate(parts)
 
+    def batches(self, steps: np.ndarray) -> np.ndarray:
+        """(len(steps), B) dataset indices of the given steps' batches (ascending steps)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        epoch, b = np.divmod(steps, self.per_epoch)
+        out = np.zeros((len(steps), self.batch), dtype=np.int64)
+        for e in np.unique(epoch):
+            at = epoch == e
+            out[at] = self._order(int(e) + 1)[b[at, None] * self.batch + np.arange(self.batch)]
+        return out
+
     def step(self, s: int) -> SlotTable:
         """The slots of step s's B sequences (row = batch position)."""
         return self.table.take(self.sequences(s, s + 1))

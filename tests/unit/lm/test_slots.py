@@ -104,3 +104,5 @@ def test_step_slots_look_up_the_stream(corpus):
     assert np.array_equal(source.capacity(steps, chunk_steps=5), whole.counts.reshape(steps, B).sum(axis=1))
     for s in (0, per_epoch - 1, per_epoch, steps - 1):
         assert same(source.step(s), whole.take(np.arange(s * B, (s + 1) * B)))
+    picked = np.array([1, per_epoch, 2 * per_epoch + 3, steps - 1])  # steps of four epochs at once
+    assert np.array_equal(source.batches(picked), stream.reshape(steps, B)[picked])
