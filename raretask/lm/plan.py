@@ -239,7 +239,7 @@ class InjectionPlan:
         for s in np.flatnonzero(self.per_step[:, start:stop].sum(axis=0)) + start:
             yield self.share(int(s), rank, world)
 
-    def iter_blocks(self, rows: int = 1 << 20, rank: int = 0, world: int = 1) -> Iterator[Injections]:
+    def iter_blocks(self, rows: int = 1 << 18, rank: int = 0, world: int = 1) -> Iterator[Injections]:
         """The whole run as blocks of whole steps, about `rows` injections each (on average; at most 4096 steps, so
         that a sparse run's per-step arrays stay small too)."""
         per_block = min(4096, max(1, int(rows * self.steps / max(len(self), 1))))
@@ -331,7 +331,7 @@ def log_schema(tasks: list[Task]) -> pa.Schema:
                       ("label", pa.int64())])
 
 
-def write_injection_log(plan: InjectionPlan, path: str | Path, *, rows_per_group: int = 1 << 20) -> int:
+def write_injection_log(plan: InjectionPlan, path: str | Path, *, rows_per_group: int = 1 << 18) -> int:
     """Write every injection of `plan` to Parquet at `path`, a block of whole steps (about `rows_per_group` rows on
     average) per row group, so memory stays that of one block. Returns the number of rows."""
     names = pa.array(plan.task_names, pa.string())

@@ -159,7 +159,7 @@ def _write_cache(token_path: str | Path, dtype: str | np.dtype, seq_len: int, eo
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir))
     try:
         tokens = np.memmap(token_path, dtype=np.dtype(dtype), mode="r")
-        off_dtype = np.uint16 if seq_len <= 1 << 16 else np.uint32  # offsets < T: a third of the bytes of int64
+        off_dtype = np.uint16 if seq_len <= 1 << 16 else np.uint32  # offsets < T: a quarter of int64's bytes
         n_seq, total = 0, 0
         with open(tmp / "counts.raw", "wb") as fc, open(tmp / "offsets.raw", "wb") as fo:
             for counts, offsets in scan_slots(tokens, seq_len, eos_id):
@@ -258,8 +258,9 @@ class StepSlots:
         """The slots of step s's B sequences (row = batch position)."""
         return self.table.take(self.sequences(s, s + 1))
 
-    def capacity(self, steps: int, chunk_steps: int = 4096) -> np.ndarray:
-        """(steps,) slots of each batch."""
+    def capacity(self, steps: int, chunk_steps: int = 0) -> np.ndarray:
+        """(steps,) slots of each batch, `chunk_steps` at a time (default: ~1M sequences)."""
+        chunk_steps = chunk_steps or max(1, (1 << 20) // self.batch)
         out = np.zeros(steps, dtype=np.int64)
         indptr = self.table.indptr
         for a in range(0, steps, chunk_steps):
