@@ -183,6 +183,9 @@ def _write_cache(token_path: str | Path, dtype: str | np.dtype, seq_len: int, eo
         del counts, indptr, raw, offsets
         (tmp / "counts.raw").unlink()
         (tmp / "offsets.raw").unlink()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would keep other users from a shared corpus's cache
         try:
             os.rename(tmp, final)
         except OSError:

@@ -14,6 +14,12 @@ from raretask.lm.slots import SlotTable, StepSlots, cached_sequence_slots, seque
 from tests.unit.lm.test_injection import EOS, SEQ
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def same(a: SlotTable, b: SlotTable) -> bool:
     return np.array_equal(a.indptr, b.indptr) and np.array_equal(np.asarray(a.offsets, np.int64), b.offsets)
 
@@ -43,6 +49,7 @@ def test_the_cache_is_reused_and_rebuilt_when_the_corpus_changes(corpus, tmp_pat
     assert same(first, sequence_slots(tokens, SEQ, EOS))
     assert first.offsets.dtype == np.uint16 and not first.indptr.flags.owndata  # memory-mapped from disk
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.path.name]  # no temporary left behind
+    assert first.path.stat().st_mode & 0o055 == 0o055 & ~current_umask()  # readable by others, as a mkdir
 
     def no_scan(*args, **kwargs):
         raise AssertionError("the corpus was scanned again")
