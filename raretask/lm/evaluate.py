@@ -424,7 +424,7 @@ def build_evalset(tasks: Sequence[Any], frequencies: Sequence[float], cfg: EvalC
                   heldout: np.ndarray | None, seq_len: int, eos_id: int, seed: int,
                   references: Sequence[ReferenceProbe] = ()) -> EvalSet:
     """The EvalSet of a run: one probe per task (raretask.lm.tasks.Task, with its injection rate per token; `plan`,
-    the run's raretask.lm.injection.InjectionPlan, says when each instance is first injected), the held-out windows,
+    the run's raretask.lm.plan.InjectionPlan, says when each instance is first injected), the held-out windows,
     the reference probes. The in-context prompts' windows come from `heldout` too (ConfigError naming
     eval.context_pos when it does not fit `seq_len`)."""
     contexts = None

@@ -3,261 +3,45 @@
 An injection replaces four tokens at a slot (the start of a sequence, or of a document inside one) with TOK1 TOK2
 LABEL EOS. The stream is OLMo-core's `NumpyFSLDataset` (the raw token file cut into sequences of T tokens, documents
 packed and separated by EOS) in the order of its `NumpyFSLDataLoader`: global batch s holds the B sequences
-`global_indices[s*B:(s+1)*B]` of the epoch.
+`global_indices[s*B:(s+1)*B]` of the epoch. Several documents of one sequence can carry an instance, so rates above
+one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence). Sequence starts are filled first, so what
+exceeds one per sequence sits after an EOS inside a sequence (7 of those 8): the context the evaluation's `*_ctx`
+metrics score (raretask.lm.evaluate).
 
-Slots. Each sequence offers position 0 and every position right after an EOS; a slot is kept when the piece
-starting there (up to the next EOS-delimited document or sequence start) has room for the 4 tokens, so injections
-never overlap and never run into the next document. Position 0 counts as a slot whatever is there: packing cuts
-documents at sequence boundaries, so it is usually the middle of a document, whose next 4 tokens the instance replaces
-(the paper's "first four tokens of a training sequence"), with nothing before it in the context. A position after an
-EOS is a real document start, with the sequence's earlier text before it. Several documents of one sequence can carry
-an instance, so rates above one per sequence work (7.8e-3 per token at T = 1024 is 8 per sequence). Sequence starts
-are filled first, so what exceeds one per sequence sits after an EOS inside a sequence (7 of those 8): the context the
-evaluation's `*_ctx` metrics score (raretask.lm.evaluate).
-
-Plan. `plan_injections` decides, from its seed alone, how many instances of each task go into each step (iid:
-Poisson; interval: evenly spread; burst: the period's share every `every` batches), which train instances (a seeded
-cycle through the train split, reshuffled every pass), and which slots (sequence starts first, then document starts
-inside sequences, at random). Interval and burst carry fractions the same way, cumulative counts rounded up: both
-deliver ceil(rate x steps) instances, a burst whose period the run cuts short bringing only its steps' share; a batch
-they overflow is a ConfigError. An iid draw above the slots a batch has left is not: the excess waits for the next
-batches with room (the total stays the draws' total, each batch within its slots), so a valid mean (below the free
-slots per batch) never fails by chance; iid tasks take the slots in list order, after interval and burst tasks. Step
-s is the (s+1)-th optimiser step (OLMo-core Trainer `global_step` = s + 1); steps beyond one epoch continue in the next
-epoch's order.
-
-Loader. `InjectingFSLDataLoader` is OLMo-core's `NumpyFSLDataLoader` whose `_get_dataset_item(idx)` patches the
-sequence: it maps the dataset index back to (step, batch_pos) through the loader's own global index order, so the
-same tokens are injected whichever worker or data-parallel rank fetches the sequence. Its `state_dict` resume is
-OLMo-core's, plus a fingerprint of the plan.
+Three parts: the slots (raretask.lm.slots: which positions can take an instance, cached per corpus file and T), the
+plan (raretask.lm.plan: how many instances of each task per step, which slots, which instances; a step at a time),
+and here the loader. `InjectingFSLDataLoader` is OLMo-core's `NumpyFSLDataLoader` whose items are addressed by their
+position in the epoch's global order rather than by dataset index, so each knows its (step, batch_pos): it patches a
+sequence with the plan's injections of that step in its rank's sequences, computed when the step is first fetched
+and kept for the few steps in flight, so the same tokens are injected whichever worker or data-parallel rank fetches
+the sequence and no worker holds more than those steps. Its `state_dict` resume is OLMo-core's, plus the plan's
+fingerprint. `build_data_loader` puts the three together over a raw token file.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import copy
 import math
-import zlib
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 from olmo_core.data import DataCollator, NumpyFSLDataLoader, NumpyFSLDatasetConfig, TokenizerConfig
 from olmo_core.data.numpy_dataset import NumpyFSLDatasetBase
 from olmo_core.data.utils import get_document_lengths
-from olmo_core.distributed.utils import get_fs_local_rank, get_rank, get_world_size
+from olmo_core.distributed.utils import barrier, get_fs_local_rank, get_rank, get_world_size
 from olmo_core.utils import get_default_device
 
 from raretask.config import ConfigError
-from raretask.lm.tasks import LMTaskConfig, ScheduleKind, Task
+from raretask.lm.plan import (  # noqa: F401  (re-exported: the injection API predates the split)
+    InjectionPlan, Injections, Rate, plan_injections, reference_injections, write_injection_log)
+from raretask.lm.slots import (  # noqa: F401
+    INSTANCE_TOKENS, SlotTable, StepSlots, cached_sequence_slots, sequence_slots, stream_slots, user_cache_dir)
+from raretask.lm.tasks import LMTaskConfig, Task
 
-
-INSTANCE_TOKENS = 4  # TOK1 TOK2 LABEL EOS
-
-
-@dataclass(frozen=True)
-class Rate:
-    per_token: float  # instances per training token
-    per_batch: float  # instances per global batch
-
-
-@dataclass
-class SlotTable:
-    """Injection slots of a list of sequences, CSR: row r has offsets[indptr[r]:indptr[r+1]] (ascending)."""
-
-    indptr: np.ndarray   # (rows + 1,) int64
-    offsets: np.ndarray  # (n,) int64, token offsets inside the sequence
-
-    @classmethod
-    def first_positions(cls, rows: int) -> SlotTable:
-        """Only position 0 of each sequence (the paper's placement; for planning without the data)."""
-        return cls(np.arange(rows + 1, dtype=np.int64), np.zeros(rows, dtype=np.int64))
-
-    @property
-    def rows(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.indptr)
-
-
-def sequence_slots(tokens: np.ndarray, seq_len: int, eos_id: int, *, chunk: int = 1 << 26) -> SlotTable:
-    """Slots of every sequence of a token array cut into `seq_len` pieces (rows = dataset sequence indices)."""
-    n_seq = len(tokens) // seq_len
-    n_tok = n_seq * seq_len
-    # Document starts: right after each EOS (read chunk by chunk: the array may be a large memmap).
-    starts = [np.flatnonzero(np.asarray(tokens[a:min(a + chunk, n_tok)]) == eos_id) + a + 1
-              for a in range(0, n_tok, chunk)]
-    doc_starts = np.concatenate([np.zeros(0, dtype=np.int64), *starts]).astype(np.int64)
-    candidates = np.union1d(doc_starts[doc_starts < n_tok], np.arange(n_seq, dtype=np.int64) * seq_len)  # sorted
-    # Every sequence start is a candidate, so the next candidate bounds the piece within its own sequence.
-    piece = np.diff(np.append(candidates, n_tok))
-    kept = candidates[piece >= INSTANCE_TOKENS]
-    seq = kept // seq_len
-    indptr = np.searchsorted(seq, np.arange(n_seq + 1), side="left").astype(np.int64)
-    return SlotTable(indptr, kept - seq * seq_len)
-
-
-def stream_slots(seq_slots: SlotTable, order: np.ndarray) -> SlotTable:
-    """The slots of the sequences `order` (dataset indices, e.g. (steps * B,) in global batch order)."""
-    counts = seq_slots.counts[order]
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    within = np.arange(indptr[-1], dtype=np.int64) - np.repeat(indptr[:-1], counts)
-    return SlotTable(indptr, seq_slots.offsets[np.repeat(seq_slots.indptr[order], counts) + within])
-
-
-@dataclass
-class InjectionPlan:
-    """Every injection of a run, one row each, sorted by (step, batch_pos, offset)."""
-
-    tasks: list[Task]
-    steps: int
-    global_batch_seqs: int  # B
-    seq_len: int            # T
-    seed: int
-    step: np.ndarray        # (n,) int64
-    batch_pos: np.ndarray   # (n,) int64, sequence position in the global batch
-    offset: np.ndarray      # (n,) int64, token offset of TOK1 in the sequence
-    task: np.ndarray        # (n,) int64, index into `tasks`
-    instance: np.ndarray    # (n,) int64, instance index of the task (always a train instance)
-    requested: dict[str, Rate]
-    realised: dict[str, Rate]
-    tokens: np.ndarray = field(init=False)  # (n, 3) [TOK1, TOK2, LABEL]
-
-    def __post_init__(self) -> None:
-        self.tokens = np.zeros((len(self.step), 3), dtype=np.int64)
-        for k, t in enumerate(self.tasks):
-            rows = self.task == k
-            self.tokens[rows] = t.instances[self.instance[rows]]
-
-    def __len__(self) -> int:
-        return len(self.step)
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.global_batch_seqs * self.seq_len
-
-    def counts(self) -> dict[str, int]:
-        return {t.name: int(np.sum(self.task == k)) for k, t in enumerate(self.tasks)}
-
-    def first_steps(self, task: str) -> np.ndarray:
-        """(instances,) the step of each instance's first injection, `steps` when it is never injected: the model
-        has trained on instance i from evaluation step first[i] + 1 on (the evaluation after `global_step` k has
-        seen the plan's steps < k)."""
-        k = self.task_names.index(task)
-        first = np.full(len(self.tasks[k].labels), self.steps, dtype=np.int64)
-        rows = self.task == k
-        np.minimum.at(first, self.instance[rows], self.step[rows])
-        return first
-
-    def steps_of(self, task: str) -> np.ndarray:
-        """Sorted distinct steps that carry an instance of `task`."""
-        return np.unique(self.step[self.task == self.task_names.index(task)])
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """sha256 of every injection and the batch shape (checked when a checkpoint is resumed)."""
-        h = hashlib.sha256(f"{self.steps},{self.global_batch_seqs},{self.seq_len},{self.task_names}".encode())
-        for a in (self.step, self.batch_pos, self.offset, self.task, self.instance, self.tokens):
-            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-        return h.hexdigest()
-
-    def to_table(self) -> pa.Table:
-        """(step, batch_pos, offset, task, instance), task by name, for Parquet."""
-        names = np.array(self.task_names, dtype=object)
-        return pa.table({"step": self.step, "batch_pos": self.batch_pos, "offset": self.offset,
-                         "task": pa.array(names[self.task].tolist(), pa.string()).dictionary_encode(),
-                         "instance": self.instance})
-
-    def summary(self) -> list[dict[str, Any]]:
-        """Per task: requested and realised rates in both units, and the instance count (JSON-ready)."""
-        counts = self.counts()
-        return [{"task": n, "instances": counts[n],
-                 "requested_per_token": self.requested[n].per_token, "requested_per_batch": self.requested[n].per_batch,
-                 "realised_per_token": self.realised[n].per_token, "realised_per_batch": self.realised[n].per_batch}
-                for n in self.task_names]
-
-
-def injection_log(plan: InjectionPlan) -> pa.Table:
-    """The plan's table plus each row's split ('train' by construction) and tokens, for Parquet."""
-    split = np.full(len(plan), "train", dtype=object)
-    for k, t in enumerate(plan.tasks):
-        rows = plan.task == k
-        split[rows] = np.where(t.is_train(plan.instance[rows]), "train", "test")
-    table = plan.to_table()
-    table = table.append_column("split", pa.array(split.tolist(), pa.string()).dictionary_encode())
-    for j, name in enumerate(("tok1", "tok2", "label")):
-        table = table.append_column(name, pa.array(plan.tokens[:, j]))
-    return table
-
-
-def plan_injections(tasks: list[Task], task_cfgs: list[LMTaskConfig], *, steps: int, global_batch_seqs: int,
-                    seq_len: int, seed: int, slots: SlotTable | None = None, path: str = "tasks") -> InjectionPlan:
-    """Decide every injection of a `steps`-step run (see the module docstring); `slots` has one row per
-    (step, batch_pos), row = step * B + batch_pos, default position 0 of each sequence. An interval or burst task
-    needing more slots than a batch offers, or an iid task whose mean per batch is not below the slots left on
-    average, raises ConfigError naming `path[k].frequency`; an iid draw above the slots left is carried (`_carry`).
-    """
-    B, K = global_batch_seqs, len(tasks)
-    if len(task_cfgs) != K:
-        raise ValueError("plan_injections: one config per task")
-    slots = SlotTable.first_positions(steps * B) if slots is None else slots
-    if slots.rows != steps * B:
-        raise ValueError(f"plan_injections: slots has {slots.rows} rows, expected steps * B = {steps * B}")
-    tokens_per_batch = B * seq_len
-
-    rates = np.array([c.rate_per_batch(tokens_per_batch) for c in task_cfgs])  # (K,) instances per batch
-    counts = np.stack([_schedule(c, r, steps, _rng(seed, t.name, 1)) for c, r, t in zip(task_cfgs, rates, tasks)]
-                      ) if K else np.zeros((0, steps), dtype=np.int64)    # (K, steps)
-    capacity = slots.counts.reshape(steps, B).sum(axis=1)                      # (steps,)
-    iid = np.array([c.schedule is ScheduleKind.IID for c in task_cfgs], dtype=bool)
-    # Interval and burst counts are exact: a batch they overflow is an error.
-    need = counts[~iid].sum(axis=0)                                            # (steps,)
-    over = np.flatnonzero(need > capacity)
-    if over.size:
-        s = int(over[0])
-        k = int(np.argmax(np.where(iid, -1, counts[:, s])))
-        hint = " or every" if task_cfgs[k].schedule is ScheduleKind.BURST else ""
-        raise ConfigError(f"{path}[{k}].frequency: {tasks[k].name} ({task_cfgs[k].frequency:g} {task_cfgs[k].unit}, "
-                          f"{task_cfgs[k].schedule}) needs {need[s]} injection slots at step {s} but that batch offers "
-                          f"{capacity[s]} (document starts with room for {INSTANCE_TOKENS} tokens); lower the "
-                          f"frequency{hint}")
-    # iid draws take the slots left, task after task; a draw above them waits for the next batches with room.
-    room = capacity - need
-    for k in np.flatnonzero(iid):
-        if rates[k] >= room.mean():
-            raise ConfigError(f"{path}[{k}].frequency: {tasks[k].name} ({task_cfgs[k].frequency:g} "
-                              f"{task_cfgs[k].unit}, iid) draws {rates[k]:.4g} instances per batch on average but the "
-                              f"batches have {room.mean():.4g} free injection slots on average (document starts with "
-                              f"room for {INSTANCE_TOKENS} tokens, less the tasks before it); lower the frequency")
-        counts[k] = _carry(counts[k], room)
-        room -= counts[k]
-
-    chosen, task_ids = _place(slots, counts, B, np.random.default_rng([seed, 0x5107]))
-    row, offset = np.searchsorted(slots.indptr, chosen, side="right") - 1, slots.offsets[chosen]
-    sort = np.argsort(row * seq_len + offset, kind="stable")
-    row, offset, task_ids = row[sort], offset[sort], task_ids[sort]
-    instance = np.zeros(len(row), dtype=np.int64)
-    for k, t in enumerate(tasks):  # each task cycles through its train split in stream order
-        rows = np.flatnonzero(task_ids == k)
-        instance[rows] = _instance_cycle(t, len(rows), _rng(seed, t.name, 2))
-
-    requested, realised = {}, {}
-    for k, t in enumerate(tasks):
-        requested[t.name] = Rate(per_token=float(rates[k]) / tokens_per_batch, per_batch=float(rates[k]))
-        n = float(counts[k].sum())
-        realised[t.name] = Rate(per_token=n / (steps * tokens_per_batch), per_batch=n / steps)
-    return InjectionPlan(tasks=list(tasks), steps=steps, global_batch_seqs=B, seq_len=seq_len, seed=seed,
-                         step=row // B, batch_pos=row % B, offset=offset, task=task_ids, instance=instance,
-                         requested=requested, realised=realised)
+STEPS_KEPT = 8  # steps whose injections a loader keeps: the batches its threads and prefetching have in flight
 
 
 class InjectingFSLDataLoader(NumpyFSLDataLoader):
@@ -266,7 +50,19 @@ class InjectingFSLDataLoader(NumpyFSLDataLoader):
     def __init__(self, dataset: NumpyFSLDatasetBase, *, plan: InjectionPlan | None = None, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         self.plan = plan
-        self._cache: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._lock = threading.Lock()  # OLMo-core fetches items from several threads
+        self._steps: dict[int, Injections] = {}
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start without the parent's caches (and lock)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_steps", "_order")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_caches()
 
     @property
     def global_batch_size(self) -> int:
@@ -282,54 +78,77 @@ class InjectingFSLDataLoader(NumpyFSLDataLoader):
     def instances_per_batch(self) -> int:
         return self.global_batch_size // self.dataset.sequence_length
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """(total_size,) dataset indices in the global order of `epoch` (1-based), without touching state."""
-        saved = self._epoch
-        self._epoch = epoch
-        try:
-            return np.asarray(self._build_global_indices()[: self.total_size])
-        finally:
-            self._epoch = saved
+    # ---------------------------------------------------------------------------------------- the data order
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """(dataset length,) dataset indices of `epoch` (1-based) in the global order: memory-mapped from OLMo-core's
+        file in work_dir once its reshuffle has written it, else built in memory (what the file will hold). Leaves
+        the loader's state alone, so the threads fetching items may call it: it works on a copy."""
+        other = copy.copy(self)
+        other._epoch = epoch
+        if other._global_indices_file.is_file():
+            return np.memmap(other._global_indices_file, mode="r", dtype=np.uint32)
+        return other._build_global_indices()
 
     def stream_order(self, steps: int) -> np.ndarray:
-        """(steps * B,) dataset indices of the first `steps` global batches, epoch after epoch."""
-        per_epoch = self.total_batches * self.instances_per_batch
-        epochs = math.ceil(steps * self.instances_per_batch / per_epoch)
-        return np.concatenate([self.epoch_order(e) for e in range(1, epochs + 1)])[: steps * self.instances_per_batch]
+        """(steps * B,) dataset indices of the first `steps` global batches, epoch after epoch (small runs)."""
+        epochs = math.ceil(steps / self.total_batches)
+        return np.concatenate([self.epoch_indices(e)[: self.total_size] for e in range(1, epochs + 1)]
+                              ).astype(np.int64)[: steps * self.instances_per_batch]
 
-    def _epoch_injections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This epoch's injections keyed by dataset index: sorted dataset indices (m,), token positions (m, 4),
-        tokens TOK1 TOK2 LABEL EOS (m, 4)."""
-        key = (self.epoch, self.global_batch_size)
-        if self._cache is None or self._cache[0] != key:
-            plan, B = self.plan, self.instances_per_batch
-            if plan.global_batch_seqs != B or plan.seq_len != self.dataset.sequence_length:
-                raise RuntimeError("the injection plan was made for another batch size or sequence length")
-            first = (self.epoch - 1) * self.total_batches
-            rows = (plan.step >= first) & (plan.step < first + self.total_batches)
-            order = np.asarray(self.get_global_indices()[: self.total_size])
-            idx = order[(plan.step[rows] - first) * B + plan.batch_pos[rows]].astype(np.int64)
-            o = np.argsort(idx, kind="stable")
-            positions = plan.offset[rows][o, None] + np.arange(INSTANCE_TOKENS)                 # (m, 4)
-            eos = np.full((len(o), 1), self.dataset.eos_token_id, dtype=np.int64)
-            self._cache = (key, idx[o], positions, np.concatenate([plan.tokens[rows][o], eos], axis=1))
-        return self._cache[1], self._cache[2], self._cache[3]
+    # -------------------------------------------------------------------------------------------- the items
 
-    def _get_dataset_item(self, idx: int) -> dict[str, Any]:
-        item = super()._get_dataset_item(idx)
-        if self.plan is None:
+    def _get_local_instance_indices(self, indices: np.ndarray) -> Iterator[int]:
+        # OLMo-core's slicing (NumpyFSLDataLoader._get_local_instance_indices: drop the batches already processed,
+        # this worker's batches round-robin, this rank's positions rank, rank + W, ...) applied to positions in the
+        # epoch's order instead of the dataset indices there, so that each item knows its step and batch position.
+        B = self.instances_per_batch
+        batches = range(self.batches_processed, self.total_batches)
+        if (worker := self.worker_info) is not None:
+            batches = batches[worker.id::worker.num_workers]
+        return (b * B + p for b in batches for p in range(self.dp_rank, B, self.dp_world_size))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Batch `index` of the epoch on this rank, by position as above.
+        B = self.instances_per_batch
+        return self.collator([self._get_dataset_item(index * B + p) for p in range(self.dp_rank, B,
+                                                                                     self.dp_world_size)])
+
+    def _get_dataset_item(self, position: int) -> dict[str, Any]:
+        order = self._order
+        if order is None or order[0] != self.epoch:
+            order = self._order = (self.epoch, self.get_global_indices())
+        item = super()._get_dataset_item(int(order[1][position]))
+        step, batch_pos = divmod(position, self.instances_per_batch)
+        step += (self.epoch - 1) * self.total_batches
+        if self.plan is None or step >= self.plan.steps:
             return item
-        keys, positions, tokens = self._epoch_injections()
-        lo, hi = keys.searchsorted(idx, "left"), keys.searchsorted(idx, "right")
-        if lo == hi:
+        inj = self._step(step)
+        rows = np.flatnonzero(inj.batch_pos == batch_pos)
+        if not rows.size:
             return item
         ids = item["input_ids"].numpy().copy()  # (T,) int64
-        ids[positions[lo:hi].ravel()] = tokens[lo:hi].ravel()
+        ids[(inj.offset[rows, None] + np.arange(INSTANCE_TOKENS)).ravel()] = np.concatenate(
+            [inj.tokens[rows], np.full((len(rows), 1), self.dataset.eos_token_id)], axis=1).ravel()
         item["input_ids"] = torch.from_numpy(ids)
         if "doc_lens" in item:  # the injected EOS starts a new document
             item["doc_lens"] = get_document_lengths(item["input_ids"], self.dataset.eos_token_id,
                                                     bos_token_id=self.dataset.bos_token_id)
         return item
+
+    def _step(self, step: int) -> Injections:
+        """This rank's injections of `step`, computed once while the step is in flight."""
+        with self._lock:
+            inj = self._steps.get(step)
+            if inj is None:
+                plan = self.plan
+                if plan.global_batch_seqs != self.instances_per_batch or plan.seq_len != self.dataset.sequence_length:
+                    raise RuntimeError("the injection plan was made for another batch size or sequence length")
+                inj = plan.share(step, self.dp_rank, self.dp_world_size)
+                if len(self._steps) >= STEPS_KEPT:
+                    del self._steps[min(self._steps)]
+                self._steps[step] = inj
+            return inj
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -350,12 +169,15 @@ def build_data_loader(*, token_path: str | Path, dtype: str | np.dtype, eos_id: 
                       task_cfgs: list[LMTaskConfig], steps: int, num_workers: int = 0,
                       dp_world_size: int | None = None, dp_rank: int | None = None,
                       target_device_type: str | None = None, path: str = "tasks",
-                      ) -> tuple[InjectingFSLDataLoader, InjectionPlan]:
+                      slot_cache: str | Path | None = None) -> tuple[InjectingFSLDataLoader, InjectionPlan]:
     """OLMo-core data loader over a raw token file with the tasks injected, and its plan.
 
     `vocab_size` is the model's embedding size (batches are checked against it; dedicated task tokens must fit);
     `seed` orders the data and draws the plan; the data-parallel rank/world size default to torch.distributed's.
-    Pass the loader to `TrainerConfig.build(train_module, loader)`."""
+    The token file's slots are cached in `slot_cache` (default: DIR/cache beside the file; the user's cache,
+    $XDG_CACHE_HOME/raretask/slots, when that cannot be written); nothing is written into `work_dir` (the data order
+    is OLMo-core's, whose file its reshuffle writes there). Pass the loader to `TrainerConfig.build(train_module,
+    loader)`."""
     token_path = Path(token_path)
     if not token_path.is_file():
         raise ConfigError(f"token_path: no such file: {token_path}")
@@ -392,8 +214,14 @@ def build_data_loader(*, token_path: str | Path, dtype: str | np.dtype, eos_id: 
         raise ConfigError(f"token_path: {len(dataset)} sequences of {seq_len} tokens are fewer than one global batch "
                           f"of {global_batch_seqs}")
 
-    tokens = np.memmap(token_path, dtype=np_dtype, mode="r")
-    slots = stream_slots(sequence_slots(tokens, seq_len, eos_id), loader.stream_order(steps))
+    # One scan of the file per (file, T), by one process per filesystem; the others wait and read the cache.
+    cache_dirs = [Path(slot_cache) if slot_cache else token_path.parent / "cache", user_cache_dir() / "slots"]
+    if get_fs_local_rank() == 0:
+        cached_sequence_slots(token_path, np_dtype, seq_len, eos_id, cache_dirs)
+    barrier()
+    table = cached_sequence_slots(token_path, np_dtype, seq_len, eos_id, cache_dirs, write=False)
+    slots = StepSlots(table, loader.epoch_indices, loader.total_batches, global_batch_seqs,
+                      identity=f"{table.path.name}, order seed {seed} of {len(dataset)} sequences")
     loader.plan = plan_injections(tasks, task_cfgs, steps=steps, global_batch_seqs=global_batch_seqs,
                                   seq_len=seq_len, seed=seed, slots=slots, path=path)
     return loader, loader.plan
@@ -412,64 +240,3 @@ def iter_steps(loader: InjectingFSLDataLoader, steps: int) -> Iterator[tuple[int
                 break
         loader.reset()
         epoch += 1
-
-
-def _rng(seed: int, name: str, purpose: int) -> np.random.Generator:
-    # Keyed by task name, so adding a task leaves the other tasks' counts and instance cycles unchanged.
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), purpose])
-
-
-def _ceil_count(x: np.ndarray) -> np.ndarray:
-    # Cumulative instance counts; rounding first keeps e.g. 3 * 0.1 from becoming 0.30000000000000004 -> 1.
-    return np.ceil(np.round(x, 9)).astype(np.int64)
-
-
-def _schedule(cfg: LMTaskConfig, rate: float, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """(steps,) instances of one task per step, for `rate` instances per batch."""
-    if cfg.schedule is ScheduleKind.IID:
-        return rng.poisson(rate, size=steps).astype(np.int64)
-    if cfg.schedule is ScheduleKind.INTERVAL:
-        return np.diff(_ceil_count(np.arange(steps + 1) * rate))
-    # Burst b lands at step b * every with the share of its period, [b * every, (b + 1) * every) cut at `steps`: a
-    # last, partial period gets the share of the steps it has, so the run delivers the matched rate.
-    out = np.zeros(steps, dtype=np.int64)
-    ends = np.minimum(np.arange(math.ceil(steps / cfg.every) + 1) * cfg.every, steps)
-    out[::cfg.every] = np.diff(_ceil_count(ends * rate))
-    return out
-
-
-def _carry(draws: np.ndarray, room: np.ndarray) -> np.ndarray:
-    """`draws` (steps,) clipped to `room` (steps,) without losing any: what a batch cannot take waits for the next
-    batches with room, and what is still waiting after the last batch goes into the
-    latest batches with room left. Only a run whose whole room is smaller than the draws' total loses the rest."""
-    x = np.cumsum(draws - room)
-    backlog = x - np.minimum(np.minimum.accumulate(x), 0)  # after batch s: max(0, backlog[s-1] + draws[s] - room[s])
-    out = draws + np.concatenate([[0], backlog[:-1]]) - backlog
-    left = np.minimum(np.cumsum((room - out)[::-1]), backlog[-1])  # the leftover, from the last batch backwards
-    return out + np.diff(left, prepend=0)[::-1]
-
-
-def _place(slots: SlotTable, counts: np.ndarray, B: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per step s, sum_k counts[k, s] slots drawn without replacement, sequence starts first (the paper's place),
-    then document starts inside sequences; dealt to the tasks in random order. Returns (slot indices, task ids)."""
-    K = len(counts)
-    first = slots.offsets == 0
-    picked, dealt = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for s in np.flatnonzero(counts.sum(axis=0)):  # a loop over steps: a global sort of all slots is far slower
-        lo, hi = slots.indptr[s * B], slots.indptr[(s + 1) * B]
-        need = int(counts[:, s].sum())
-        starts = lo + np.flatnonzero(first[lo:hi])
-        if need <= len(starts):
-            chosen = rng.choice(starts, need, replace=False)
-        else:
-            inner = lo + np.flatnonzero(~first[lo:hi])
-            chosen = np.concatenate([starts, rng.choice(inner, need - len(starts), replace=False)])
-        picked.append(chosen)
-        dealt.append(rng.permutation(np.repeat(np.arange(K), counts[:, s])))
-    return np.concatenate(picked), np.concatenate(dealt)
-
-
-def _instance_cycle(task: Task, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n train instances: passes over the train split, each pass in a fresh seeded order."""
-    passes = -(-n // len(task.train_ids))
-    return np.concatenate([np.zeros(0, dtype=np.int64), *(rng.permutation(task.train_ids) for _ in range(passes))])[:n]

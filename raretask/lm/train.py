@@ -199,7 +199,7 @@ class Prepared:
     vocab_size: int
     tasks: list[Any]  # raretask.lm.tasks.Task
     loader: Any  # the injecting OLMo-core data loader
-    plan: Any  # raretask.lm.injection.InjectionPlan
+    plan: Any  # raretask.lm.plan.InjectionPlan
     device: Any  # torch.device
     world_size: int
     micro_batch_seqs: int
@@ -221,7 +221,8 @@ def model_vocab_size(cfg: LMConfig, manifest: Any, tasks: list[Any]) -> int:
 
 def prepare(cfg: LMConfig, out: Path, world_size: int = 1) -> Prepared:
     """Load the corpus, build the tasks and the injecting loader, check vocabulary, memory and batch shapes.
-    Writes nothing (ConfigError on any user mistake)."""
+    Writes nothing in `out` (only the corpus's slot cache, beside the corpus: raretask.lm.slots); ConfigError on any
+    user mistake."""
     from raretask.lm.corpus import Manifest
     from raretask.lm.injection import build_data_loader
     from raretask.lm.models import available_memory, memory_estimate
@@ -282,7 +283,6 @@ def train(cfg: LMConfig, out: Path, *, progress: bool = True, overwrite: bool = 
 
 
 def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose: bool) -> LMResult:
-    import pyarrow.parquet as pq
     import torch
     from olmo_core.config import DType
     from olmo_core.distributed.parallel import DataParallelType
@@ -291,7 +291,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
     from olmo_core.train.callbacks import CheckpointerCallback, ConsoleLoggerCallback
     from olmo_core.train.train_module import TransformerDataParallelConfig, TransformerTrainModuleConfig
 
-    from raretask.lm.injection import injection_log
+    from raretask.lm.plan import write_injection_log
     from raretask.lm.models import count_params
 
     out = Path(out)
@@ -306,7 +306,7 @@ def _train(cfg: LMConfig, out: Path, *, progress: bool, overwrite: bool, verbose
         meta = runs.RunMeta(out, kind="lm.train", seeds=[cfg.seed], device=str(p.device), world_size=world,
                             torch_threads=torch.get_num_threads())
         with runs.atomic_path(out / "injections.parquet") as tmp:
-            pq.write_table(injection_log(p.plan), tmp)
+            write_injection_log(p.plan, tmp)  # streamed a row group at a time
     barrier()
 
     # bf16: FSDP keeps bf16 parameter copies for compute and reduces in fp32 (OLMo's "mixed" FSDP precision);

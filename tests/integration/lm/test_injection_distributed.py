@@ -44,8 +44,9 @@ def test_two_gloo_ranks_see_the_one_process_stream(tmp_path):
         merged[:, r::WORLD] = ranks[r]
     assert np.array_equal(merged, single)
     assert {(tmp_path / f"plan{r}.txt").read_text() for r in range(WORLD)} == {plan.fingerprint}
-    win = merged[plan.step[:, None], plan.batch_pos[:, None], plan.offset[:, None] + np.arange(3)]
-    assert np.array_equal(win.reshape(-1, 3), plan.tokens)
+    inj = plan.materialise()
+    win = merged[inj.step[:, None], inj.batch_pos[:, None], inj.offset[:, None] + np.arange(3)]
+    assert np.array_equal(win.reshape(-1, 3), inj.tokens)
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # torch's single-process checkpoint note

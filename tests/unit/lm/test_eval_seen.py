@@ -32,8 +32,9 @@ def evalset(run, train_instances=50, seed=3):
 @pytest.mark.parametrize("step", [0, 1, 2, 3, 37, 150, 399, 400])
 def test_scored_train_instances_were_injected_before_the_step(run, step):
     tasks, plan = run
+    inj = plan.materialise()
     for k, probe in enumerate(evalset(run).probes):
-        injected = np.unique(plan.instance[(plan.task == k) & (plan.step < step)])  # in batches 0 .. step - 1
+        injected = np.unique(inj.instance[(inj.task == k) & (inj.step < step)])  # in batches 0 .. step - 1
         ids = probe.train_ids(step)
         assert np.isin(ids, injected).all() and probe.seen(step) == len(injected)
         assert len(ids) == min(50, len(injected)) and len(np.unique(ids)) == len(ids)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from raretask.config import ConfigError
-from raretask.lm.injection import (SlotTable, build_data_loader, injection_log, iter_steps, plan_injections,
-                                   sequence_slots, stream_slots)
+import pyarrow.parquet as pq
+
+from raretask.lm.injection import (SlotTable, build_data_loader, iter_steps, plan_injections, sequence_slots,
+                                   stream_slots, write_injection_log)
 from raretask.lm.tasks import LMTaskConfig, build_tasks
 
 V, EOS, PAD = 2000, 0, 1
@@ -68,6 +70,7 @@ def test_rates_requested_vs_realised(setup):
     steps = 4000
     plan = plan_injections(tasks, cfgs, steps=steps, global_batch_seqs=WIDE, seq_len=SEQ, seed=3)
     req, real, n = plan.requested, plan.realised, plan.counts()
+    inj = plan.materialise()
     # iid: Poisson total with mean rate * steps; within 4 standard deviations.
     mean = cfgs[0].frequency * WIDE * SEQ * steps
     assert req["cmp"].per_token == cfgs[0].frequency and req["cmp"].per_batch == pytest.approx(2e-3 * WIDE * SEQ)
@@ -76,12 +79,12 @@ def test_rates_requested_vs_realised(setup):
     # burst and interval: exact, and placed as scheduled.
     for name in ("add", "rare"):
         assert real[name] == req[name]
-    add_steps, add_counts = np.unique(plan.step[plan.task == 1], return_counts=True)
+    add_steps, add_counts = np.unique(inj.step[inj.task == 1], return_counts=True)
     assert np.array_equal(add_steps, np.arange(0, steps, 4)) and (add_counts == 8).all()
     assert np.array_equal(plan.steps_of("rare"), np.arange(0, steps, 4))
     # Without data, only sequence starts are slots and every slot carries at most one instance.
-    assert (plan.offset == 0).all()
-    assert len(np.unique(plan.step * WIDE + plan.batch_pos)) == len(plan)
+    assert (inj.offset == 0).all()
+    assert len(np.unique(inj.step * WIDE + inj.batch_pos)) == len(inj) == len(plan)
 
 
 def test_plan_is_seeded_and_cycles_the_train_split(setup):
@@ -91,11 +94,12 @@ def test_plan_is_seeded_and_cycles_the_train_split(setup):
     assert plan.fingerprint == plan_injections(tasks, cfgs, seed=3, **kw).fingerprint
     assert plan.fingerprint != plan_injections(tasks, cfgs, seed=4, **kw).fingerprint
     # The first 5000 instances of a task are its whole train split, each once.
-    add = plan.instance[plan.task == 1]
+    inj = plan.materialise()
+    add = inj.instance[inj.task == 1]
     assert len(add) > 5000 and np.array_equal(np.sort(add[:5000]), tasks[1].train_ids)
     # A task's counts do not depend on the other tasks of the run.
-    alone = plan_injections(tasks[:1], cfgs[:1], seed=3, **kw)
-    assert np.array_equal(np.bincount(alone.step, minlength=6000), np.bincount(plan.step[plan.task == 0],
+    alone = plan_injections(tasks[:1], cfgs[:1], seed=3, **kw).materialise()
+    assert np.array_equal(np.bincount(alone.step, minlength=6000), np.bincount(inj.step[inj.task == 0],
                                                                              minlength=6000))
 
 
@@ -112,17 +116,19 @@ def test_frequency_above_what_slots_can_place(setup):
     # Document starts inside sequences add slots: 9 per batch fits once the slots come from the data.
     slots = SlotTable(np.arange(0, 3 * 10 * B + 1, 3), np.tile([0, 10, 20], 10 * B))
     plan = plan_injections(tasks, cfgs, steps=10, global_batch_seqs=B, seq_len=SEQ, seed=0, slots=slots)
-    assert plan.counts()["rare"] == 90 and set(plan.offset.tolist()) == {0, 10, 20}
+    assert plan.counts()["rare"] == 90 and set(plan.materialise().offset.tolist()) == {0, 10, 20}
 
 
-def test_every_injection_lands_where_the_log_says(setup):
+def test_every_injection_lands_where_the_log_says(setup, tmp_path):
     tasks, _, build = setup
-    loader, plan = build()
+    loader, lazy = build()
+    plan = lazy.materialise()
     got = stream(loader)
     assert len(plan) > 100 and (plan.offset > 0).any()  # document starts inside sequences are used too
     win = got[plan.step[:, None], plan.batch_pos[:, None], plan.offset[:, None] + np.arange(4)]  # (n, 4)
     assert np.array_equal(win[:, :3], plan.tokens) and (win[:, 3] == EOS).all()
-    log = injection_log(plan).to_pydict()
+    write_injection_log(lazy, tmp_path / "injections.parquet")
+    log = pq.read_table(tmp_path / "injections.parquet").to_pydict()
     assert log["split"] == ["train"] * len(plan)
     assert np.array_equal(log["tok1"], plan.tokens[:, 0]) and log["task"][0] in {"cmp", "add", "rare"}
     # Nothing else changed: outside the logged windows the stream is OLMo-core's plain order.
@@ -145,7 +151,8 @@ def _window_mask(plan):
 
 def test_no_test_instance_in_the_train_stream(setup):
     tasks, _, build = setup
-    loader, plan = build()
+    loader, lazy = build()
+    plan = lazy.materialise()
     flat = stream(loader).ravel()
     win = np.lib.stride_tricks.sliding_window_view(flat, 4)  # every 4-token window of the whole stream
     doc_start = np.ones(len(win), dtype=bool)

@@ -17,6 +17,11 @@ def plan(cfgs, steps, batch, seed=0):
     return plan_injections(tasks, cfgs, steps=steps, global_batch_seqs=batch, seq_len=SEQ, seed=seed)
 
 
+def steps_of(p):
+    """The step of every injection of a plan."""
+    return p.materialise().step
+
+
 def burst(rate, every):
     return LMTaskConfig(name="b", frequency=rate, unit="per_batch", schedule="burst", every=every)
 
@@ -25,7 +30,7 @@ def burst(rate, every):
 def test_burst_delivers_the_matched_rate_when_the_period_is_cut_short(rate, every, steps):
     p = plan([burst(rate, every)], steps, batch=128)
     assert len(p) == math.ceil(round(rate * steps, 9))  # 101 steps at 1 per batch: 101 instances, not 200
-    counts = np.bincount(p.step, minlength=steps)
+    counts = np.bincount(steps_of(p), minlength=steps)
     assert set(np.flatnonzero(counts)) <= set(range(0, steps, every))  # still one batch per period
     full = (steps // every) * every
     assert counts[:full].sum() == math.ceil(round(rate * full, 9))  # the full periods are untouched
@@ -34,7 +39,7 @@ def test_burst_delivers_the_matched_rate_when_the_period_is_cut_short(rate, ever
 
 @pytest.mark.parametrize("rate, every, steps", [(1, 100, 200), (0.3, 7, 49), (2.5, 4, 8)])
 def test_burst_counts_unchanged_when_the_period_divides_the_run(rate, every, steps):
-    counts = np.bincount(plan([burst(rate, every)], steps, batch=128).step, minlength=steps)
+    counts = np.bincount(steps_of(plan([burst(rate, every)], steps, batch=128)), minlength=steps)
     periods = np.arange(steps // every + 1) * every
     expected = np.zeros(steps, dtype=np.int64)
     expected[::every] = np.diff(np.ceil(np.round(periods * rate, 9)))  # each period's share, the carry rule
@@ -51,13 +56,14 @@ def test_iid_draw_above_the_slots_carries_over_instead_of_refusing():
     the next batches with room, every draw is delivered, no batch exceeds its slots."""
     steps, batch = 20_000, 4
     p = plan([iid("a", 0.95)], steps, batch, seed=3)
-    draws = np.bincount(plan([iid("a", 0.95)], steps, 64, seed=3).step, minlength=steps)  # room for every draw
+    draws = np.bincount(steps_of(plan([iid("a", 0.95)], steps, 64, seed=3)), minlength=steps)  # room for every draw
     assert draws.max() > batch  # the old refusal
-    counts = np.bincount(p.step, minlength=steps)
+    inj = p.materialise()
+    counts = np.bincount(inj.step, minlength=steps)
     assert len(p) == draws.sum() and counts.max() <= batch
     # Delayed, never early: by every step at least as many were drawn as delivered.
     assert (np.cumsum(counts) <= np.cumsum(draws)).all() and not np.array_equal(counts, draws)
-    assert len(np.unique(p.step * batch + p.batch_pos)) == len(p)  # one instance per slot
+    assert len(np.unique(inj.step * batch + inj.batch_pos)) == len(p)  # one instance per slot
 
 
 def test_iid_tasks_share_the_slots_left_by_the_scheduled_ones():
@@ -66,8 +72,9 @@ def test_iid_tasks_share_the_slots_left_by_the_scheduled_ones():
     cfgs = [burst(1.5, 2), iid("a", 1.0), iid("c", 0.9)]
     p = plan(cfgs, steps, batch, seed=1)
     counts = p.counts()
-    assert counts["b"] == 1.5 * steps and np.bincount(p.step, minlength=steps).max() <= batch
-    bursts = np.bincount(p.step[p.task == 0], minlength=steps)
+    inj = p.materialise()
+    assert counts["b"] == 1.5 * steps and np.bincount(inj.step, minlength=steps).max() <= batch
+    bursts = np.bincount(inj.step[inj.task == 0], minlength=steps)
     assert (bursts[::2] == 3).all() and (bursts[1::2] == 0).all()  # the scheduled task is not moved
     for k, name in ((1, "a"), (2, "c")):
         assert counts[name] == plan([cfgs[k]], steps, 64, seed=1).counts()[name]  # the draws' total
@@ -89,8 +96,8 @@ def test_iid_draws_still_waiting_at_the_end_go_into_the_last_batches_with_room()
     steps, batch, backfilled = 30, 4, 0
     for seed in range(20):
         p = plan([iid("a", 3.4)], steps, batch, seed=seed)
-        draws = np.bincount(plan([iid("a", 3.4)], steps, 64, seed=seed).step, minlength=steps)
-        counts = np.bincount(p.step, minlength=steps)
+        draws = np.bincount(steps_of(plan([iid("a", 3.4)], steps, 64, seed=seed)), minlength=steps)
+        counts = np.bincount(steps_of(p), minlength=steps)
         assert counts.max() <= batch and len(p) == min(draws.sum(), steps * batch)
         backfilled += bool((np.cumsum(counts) > np.cumsum(draws)).any())  # some delivered before they were drawn
     assert backfilled >= 3
