@@ -358,7 +358,8 @@ def reproduce_command(scale: str, only: str, out: str | None, corpus: str | None
 
     if dry_run:
         for e in plan(scale, only):
-            click.echo(f"{e.name:28s} raretask {' '.join(e.command)} configs/{e.preset} {' '.join(e.overrides)}")
+            target = f"DIR/{e.source}" if e.source else f"configs/{e.preset}"  # an analysis reads a run of DIR
+            click.echo(f"{e.name:28s} raretask {' '.join(e.command)} {target} {' '.join(e.overrides)}".rstrip())
         return
     out_dir = Path(out) if out else Path("runs") / f"reproduce-{scale}"
     result = reproduce(scale, out_dir, only=only, corpus=Path(corpus) if corpus else None, progress=not no_progress)

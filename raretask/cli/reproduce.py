@@ -69,13 +69,22 @@ def _features(cells: list[str], *overrides: str) -> list[Experiment]:
             for c in cells]
 
 
+def _after_injection(sweep: str) -> list[Experiment]:
+    """The interference (Figs. 9-10) and retention (Fig. 8) analyses of a sweep trained with the monitor."""
+    return [Experiment(f"{sweep}/{what}", ("lm", "analyze", "--what", what), "", part="lm", source=sweep)
+            for what in ("interference", "retention")]
+
+
 SCALES: dict[str, list[Experiment]] = {
     "cpu": _synthetic() + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/reproduce_cpu.toml", part="lm"),
         Experiment("lm/matched", ("lm", "sweep"), "lm/reproduce_cpu_matched.toml", part="lm"),
         Experiment("lm/modular_addition", ("lm", "sweep"), "lm/reproduce_cpu_modadd.toml", part="lm"),
-        # the smallest and largest size where both learn (6e-3) and where only the larger does best (3e-3)
-        *_features([f"cpu-{n}_f{f}_comparison_s0" for n in ("30k", "600k") for f in ("0.006", "0.003")])],
+        # the smallest and largest size where both learn (1.2e-2) and where only the larger does best (3e-3)
+        *_features([f"cpu-{n}_f{f}_comparison_s0" for n in ("10k", "600k") for f in ("0.012", "0.003")]),
+        # Sec. 4.4: bursts trained with the interference monitor, then Figs. 9-10 and Fig. 8 read from them
+        Experiment("lm/interference", ("lm", "sweep"), "lm/interference_cpu.toml", part="lm"),
+        *_after_injection("lm/interference")],
     "gpu": _synthetic(steps=20_000, paper=True) + [
         Experiment("lm/sweep", ("lm", "sweep"), "lm/paper_sweep_comparison.toml",
                    ('sweep.sizes=["4M","20M"]', "sweep.frequencies=[2.4e-3,2.4e-4,2.4e-5]", "data.seq_len=1024",

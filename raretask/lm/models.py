@@ -77,13 +77,14 @@ def _cpu(name: str, d: int, heads: int) -> ModelShape:
 # Paper ladder (Table 1, DataDecide naming) at context 4096. The recipe micro-batch is the largest power of two of
 # sequences whose fp32 training estimate (`memory_estimate`) fits an 80 GB GPU; the 4B needs ~111 GB even at one
 # sequence (an H200, or sharded optimizer states). CPU ladder: the same architecture at fixed depth 4 with widths
-# doubling (about 4x the non-embedding parameters per rung), context 256, a 4096-token BPE vocabulary.
+# doubling (about 4x the non-embedding parameters per rung; cpu-10k, 9.2K, is the rung below cpu-30k), context 256, a 4096-token BPE vocabulary.
 PRESETS: dict[str, ModelShape] = {s.name: s for s in [
     _paper("4M", 64, 8, 8, 16),
     _paper("20M", 192, 16, 8, 16),
     _paper("300M", 1024, 16, 16, 4),
     _paper("1B", 2048, 16, 16, 2),
     _paper("4B", 4096, 16, 32, 1),
+    _cpu("cpu-10k", 12, 2),
     _cpu("cpu-30k", 24, 4),
     _cpu("cpu-150k", 48, 4),
     _cpu("cpu-600k", 96, 8),
@@ -93,7 +94,7 @@ PRESETS: dict[str, ModelShape] = {s.name: s for s in [
 
 @dataclass
 class LMModelConfig(Config):
-    preset: str = option("cpu-150k", "ladder rung: 4M, 20M, 300M, 1B, 4B or cpu-30k, cpu-150k, cpu-600k, cpu-2m")
+    preset: str = option("cpu-150k", "ladder rung: 4M, 20M, 300M, 1B, 4B or cpu-10k, cpu-30k, cpu-150k, cpu-600k, cpu-2m")
     arch: Arch = option(Arch.OLMO_0724, "olmo_0724 (the paper's OLMo-7B-0724 architecture) or olmo2")
     vocab_size: int = option(0, "embedding rows; 0 = the tokenizer's padded vocabulary", ge=0)
     d_model: int = option(0, "override the preset's width d (0 = the preset's)", ge=0)

@@ -23,13 +23,13 @@ def test_paper_ladder_counts_are_table_1_exactly(name):
     assert s.mlp_hidden == 8 * s.d_model
 
 
-def test_cpu_ladder_spans_30k_to_2m_non_embedding_params():
+def test_cpu_ladder_spans_10k_to_2m_non_embedding_params():
     cpu = [name for name in PRESETS if name.startswith("cpu-")]
-    assert len(cpu) == 4
+    assert len(cpu) == 5
     for arch in Arch:
         counts = [count_params(LMModelConfig(preset=name, arch=arch), PRESETS[name].vocab_size).non_embedding_params
                   for name in cpu]
-        assert 25_000 <= counts[0] <= 40_000 and 1_700_000 <= counts[-1] <= 2_300_000, counts
+        assert 8_000 <= counts[0] <= 11_000 and 1_700_000 <= counts[-1] <= 2_300_000, counts
         assert all(b > 3 * a for a, b in zip(counts, counts[1:])), counts  # each rung ~4x the previous
 
 
@@ -102,7 +102,7 @@ def test_overrides_and_vocab_resolution():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "7B"}, "model.preset: unknown preset '7B' (known: 4M, 20M, 300M, 1B, 4B, cpu-30k"),
+    ({"preset": "7B"}, "model.preset: unknown preset '7B' (known: 4M, 20M, 300M, 1B, 4B, cpu-10k, cpu-30k"),
     ({"preset": "cpu-30k", "n_heads": 5}, "model.n_heads: d_model 24 is not divisible by 5 heads"),
     ({"preset": "cpu-30k", "n_heads": 8}, "model.n_heads: head dimension 3 must be even"),
     ({"preset": "cpu-30k", "d_model": -1}, "model.d_model: must be >= 0"),
