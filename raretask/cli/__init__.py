@@ -19,7 +19,7 @@ import raretask
 from raretask import presets
 from raretask.cli.advise import advise
 from raretask.cli.lm import lm
-from raretask.cli.options import handles_errors, launcher_options, run_options, with_launcher
+from raretask.cli.options import gather_options, handles_errors, launcher_options, run_options, with_launcher
 from raretask.config import ConfigError, load_config
 from raretask.report import pages
 
@@ -153,10 +153,7 @@ def synth_cell(run_dir: str, point: str, no_progress: bool) -> None:
 
 
 @synth.command("gather")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("--no-progress", is_flag=True, help="no progress bar")
-@handles_errors
+@gather_options()
 def synth_gather(run_dir: str, as_json: bool, no_progress: bool) -> None:
     """The tables and figures of the synthetic sweep in RUN_DIR from its finished grid points (trains nothing; an
     unfinished point is an error). The last job of `synth run --launcher slurm` runs it."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from raretask.cli.options import handles_errors, launcher_options, parse_workers, run_options, with_launcher
+from raretask.cli.options import (gather_options, handles_errors, launcher_options, parse_workers, run_options,
+                                  with_launcher)
 from raretask.report import pages
 
 
@@ -228,10 +229,7 @@ def sweep_command(config: str, overrides: tuple[str, ...], out: str | None, as_j
 
 
 @lm.command("gather")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout")
-@click.option("--no-progress", is_flag=True, help="no progress bars")
-@handles_errors
+@gather_options("no progress bars")
 def gather_command(run_dir: str, as_json: bool, no_progress: bool) -> None:
     """The tables and figures of the LM sweep in RUN_DIR from its finished cells (trains nothing; an unfinished
     cell is an error). The last job of `lm sweep --launcher slurm` runs it."""

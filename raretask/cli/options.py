@@ -51,6 +51,22 @@ def run_options(out_help: str = "run directory (default: runs/<config name>)", *
     return decorate
 
 
+def gather_options(progress_help: str = "no progress bar") -> Callable:
+    """The arguments and flags of a `gather` command (RUN_DIR, --json, --no-progress, then `handles_errors`): a
+    sweep's tables from its finished cells, the same for the synthetic and the LM lab."""
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed([
+            click.argument("run_dir", type=click.Path(file_okay=False, exists=True)),
+            click.option("--json", "as_json", is_flag=True, help="print a JSON summary on stdout"),
+            click.option("--no-progress", is_flag=True, help=progress_help),
+        ]):
+            fn = option(fn)
+        return handles_errors(fn)
+
+    return decorate
+
+
 def parse_workers(text: str) -> int:
     """--workers: a positive count, or "auto" for the cores idle now (raretask.devices.free_cores)."""
     if text == "auto":

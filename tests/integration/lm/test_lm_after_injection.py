@@ -3,7 +3,6 @@ interference monitor: the monitor's table, the analyses' tables, figures and rep
 line, exit 2, nothing written."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
