@@ -83,6 +83,7 @@ class FeatureConfig(Config):
     tasks: list[str] = option(factory=list, doc="task names to analyse (empty: every comparison and "
                                                 "modular-addition task of the run)")
     layers: list[int] = option(factory=list, doc="residual layers, 0 = embeddings, l = after block l-1 (empty: all)")
+    cells: list[str] = option(factory=list, doc="of a sweep, the cells to analyse by name (empty: every cell)")
     position: Position = option(Position.TOK1, "where comparison is probed (R² and DAS): tok1 or tok2")
     steps: Checkpoints = option(Checkpoints.ALL, "checkpoints analysed: all (every one saved along training) or last")
     pcs: int = option(50, "principal components regressed on (at most half the fitted values are used)", ge=1)
@@ -159,6 +160,21 @@ class RunPlan:
     inputs: Any  # raretask.analysis.activations.RunInputs: the tasks rebuilt from the run's corpus
 
 
+def chosen_runs(path: Path, cells: list[str]) -> list[Path]:
+    """run_dirs(path), only the named cells of a sweep when `cells` is given (a one-line error for a name that is
+    not a trained cell, or for cells asked of a single run)."""
+    found = run_dirs(path)
+    if not cells:
+        return found
+    by_name = {d.name: d for d in found}
+    if found == [Path(path)]:
+        raise ConfigError(f"cells: {path} is a single run, not a sweep")
+    missing = [c for c in cells if c not in by_name]
+    if missing:
+        raise ConfigError(f"cells: no trained cell {missing[0]!r} in {path}/cells")
+    return [by_name[c] for c in dict.fromkeys(cells)]
+
+
 def run_dirs(path: Path) -> list[Path]:
     """The LM runs of a run directory (itself) or a sweep directory (its cells/*)."""
     path = Path(path)
@@ -224,7 +240,7 @@ def analyze_features(path: Path, cfg: FeatureConfig, out: Path | None = None, *,
 
     cfg.validate()
     path = Path(path)
-    plans = [plan_run(d, cfg) for d in run_dirs(path)]
+    plans = [plan_run(d, cfg) for d in chosen_runs(path, cfg.cells)]
     out = Path(out) if out is not None else path / "features"
     check_out(out)
     device = resolve_device(cfg.device, "device")

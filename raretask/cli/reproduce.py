@@ -63,10 +63,12 @@ def _synthetic(suffix: str = "", steps: int | None = None, paper: bool = False) 
             Experiment("neurons", ("synth", "neurons"), "synthetic/neurons.toml")]
 
 
-def _features(cells: list[str], *overrides: str) -> list[Experiment]:
-    """Feature presence (Fig. 7, `raretask lm analyze`) on chosen cells of the LM grid, each its own job."""
-    return [Experiment(f"lm/features/{c}", ("lm", "analyze"), "", overrides, part="lm", source=f"lm/sweep/cells/{c}")
-            for c in cells]
+def _features(groups: dict[str, list[str]], *overrides: str) -> list[Experiment]:
+    """Feature presence (Fig. 7, `raretask lm analyze`) on chosen cells of the LM grid: one job per group, so that
+    the sizes the scorecard compares (L7) sit in one analysis."""
+    return [Experiment(f"lm/features/{name}", ("lm", "analyze"), "",
+                       (f"cells={json.dumps(cells, separators=(',', ':'))}", *overrides), part="lm", source="lm/sweep")
+            for name, cells in groups.items()]
 
 
 def _after_injection(sweep: str) -> list[Experiment]:
@@ -80,8 +82,8 @@ SCALES: dict[str, list[Experiment]] = {
         Experiment("lm/sweep", ("lm", "sweep"), "lm/reproduce_cpu.toml", part="lm"),
         Experiment("lm/matched", ("lm", "sweep"), "lm/reproduce_cpu_matched.toml", part="lm"),
         Experiment("lm/modular_addition", ("lm", "sweep"), "lm/reproduce_cpu_modadd.toml", part="lm"),
-        # the smallest and largest size where both learn (1.2e-2) and where only the larger does best (3e-3)
-        *_features([f"cpu-{n}_f{f}_comparison_s0" for n in ("10k", "600k") for f in ("0.012", "0.003")]),
+        # the smallest and largest size where both learn (1.2e-2) and where only the larger does (3e-3)
+        *_features({f"f{f}": [f"cpu-{n}_f{f}_comparison_s0" for n in ("10k", "600k")] for f in ("0.012", "0.003")}),
         # Sec. 4.4: bursts trained with the interference monitor, then Figs. 9-10 and Fig. 8 read from them
         Experiment("lm/interference", ("lm", "sweep"), "lm/interference_cpu.toml", part="lm"),
         *_after_injection("lm/interference")],
