@@ -4,6 +4,9 @@ exit 2, nothing written. The scale is shrunk here (a scale is data: a list of pr
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from raretask.cli.reproduce import Experiment
 
 from .conftest import summary
 from .lm.test_lm_sweep import corpus  # noqa: F401 (a fixture: a tiny prepared corpus)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
     Experiment("synthetic", ("synth", "run"), "synthetic/default.toml",
@@ -52,6 +57,21 @@ def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, 
     # the same command again: everything is read back
     again = summary(cli(*args))
     assert {e["status"] for e in again["experiments"].values()} == {"done before"}
+    # benchmarks/reproduce_record.py keeps what the run measured in a JSON file
+    record = tmp_path / "record.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce_record.py"), str(out), "--out",
+                           str(record)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    fig = json.loads(record.read_text())["figures"]
+    assert fig["run"]["scale"] == "cpu" and fig["run"]["experiments"]["lm/sweep"]["status"] == "finished"
+    assert [c["cell"] for c in fig["cells lm/sweep"]["cells"]] == ["cpu-30k_f0.01_comparison_s0"]
+    presence = fig["fig7a lm/features/cpu-30k"]["cells"][0]
+    assert presence["steps"] == [4] and presence["das_iia"] is None  # das=none
+    verdicts = {v["claim"]: v["verdict"] for v in fig["scorecard"]["verdicts"]}
+    assert verdicts["S6"] == "reproduced" and verdicts["L4"] == "not run"
+    # a folder that is no finished reproduce run: exit 2
+    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce_record.py"), str(tmp_path),
+                           "--out", str(tmp_path / "none.json")], capture_output=True, timeout=300).returncode == 2
 
 
 @pytest.mark.parametrize("args, message", [
