@@ -63,7 +63,7 @@ def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, 
                            str(record)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     fig = json.loads(record.read_text())["figures"]
-    assert fig["run"]["scale"] == "cpu" and fig["run"]["experiments"]["lm/sweep"]["status"] == "finished"
+    assert fig["run"]["scale"] == "cpu" and fig["run"]["experiments"]["lm/sweep"]["status"] == "done before"
     assert [c["cell"] for c in fig["cells lm/sweep"]["cells"]] == ["cpu-30k_f0.01_comparison_s0"]
     presence = fig["fig7a lm/features/cpu-30k"]["cells"][0]
     assert presence["steps"] == [4] and presence["das_iia"] is None  # das=none
