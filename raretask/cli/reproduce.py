@@ -8,7 +8,8 @@ then one report page. A scale is data: a list of experiments, each a preset plus
 Phases: (1) the synthetic experiments and the corpus as independent processes (raretask.runner: workers x threads
 <= the free cores); (2) each LM sweep, its cells side by side; (3) the report (raretask.report.pages). Everything
 resumes: a finished experiment is read back, an unfinished one continues from its checkpoints. DIR/meta.json
-(kind "reproduce") records the scale, the cores and threads used, and each experiment's status and wall time.
+(kind "reproduce") records the scale, the cores and threads used, and each experiment's status and wall time (a
+read-back experiment keeps the wall time of the run that made it).
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ def check_corpus(corpus: Path | None) -> None:
         raise ConfigError(f"--corpus {corpus}: no manifest.json (make one with `raretask lm prepare`)")
 
 
+def _earlier_experiments(out: Path) -> dict[str, dict[str, Any]]:
+    """The experiments recorded by an earlier run into `out` (name -> status, wall_s, ...); empty without one."""
+    try:
+        found = json.loads((Path(out) / "meta.json").read_text()).get("experiments")
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}  # a list of names while that run was still going
+
+
 def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None = None,
               progress: bool = True) -> ReproduceResult:
     """Run (or read back) every experiment of `scale` into `out`, then write out/report.html."""
@@ -169,6 +179,7 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
         jobs.append(Job("lm/corpus", ["lm", "prepare", str(presets.find(CORPUS[scale])), "--out", str(corpus_dir),
                                       "--no-progress"], corpus_dir))
     work = Plan.for_machine(len(jobs) or 1)
+    earlier = _earlier_experiments(out)
     meta = runs.RunMeta(out, kind=KIND, scale=scale, only=only, free_cores=work.free, workers=work.workers,
                         threads=work.threads, experiments=[e.name for e in experiments])
     result = ReproduceResult(out, scale)
@@ -202,6 +213,9 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
     for name, r in run_jobs(jobs, Plan.for_machine(len(jobs) or 1), logs=out / "logs", progress=progress).items():
         result.experiments[name] = {"status": r.status, "wall_s": round(r.wall_s, 1), "error": r.error,
                                     "log": None if r.log is None else str(r.log)}
+    for name, entry in result.experiments.items():  # read back: the wall time of the run that made it
+        if entry["status"] == "done before" and name in earlier:
+            entry["wall_s"] = earlier[name].get("wall_s", 0.0)
     meta.finish(experiments=result.experiments)  # before the page, which shows each experiment's status
     result.report = pages.write(out, f"raretask reproduce --scale {scale}")
     return result

@@ -57,6 +57,10 @@ def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, 
     # the same command again: everything is read back
     again = summary(cli(*args))
     assert {e["status"] for e in again["experiments"].values()} == {"done before"}
+    # what was read back keeps the wall time of the run that made it, in the summary and in meta.json
+    walls = {n: e["wall_s"] for n, e in s["experiments"].items()}
+    assert {n: e["wall_s"] for n, e in again["experiments"].items()} == walls and all(walls.values())
+    assert {n: e["wall_s"] for n, e in json.loads((out / "meta.json").read_text())["experiments"].items()} == walls
     # benchmarks/reproduce_record.py keeps what the run measured in a JSON file
     record = tmp_path / "record.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce_record.py"), str(out), "--out",
