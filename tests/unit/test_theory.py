@@ -312,3 +312,21 @@ def test_model_scaling_threshold():
     assert law.model_scaling_threshold(1e4, 0.0, grid) == 1e3
     assert law.model_scaling_threshold(1e4, 0.05, grid) == 100.0
     assert np.isnan(law.model_scaling_threshold(1e4, 5.0, grid))
+
+
+def test_the_complexity_preset_has_near_tied_utilities_at_widths_8_and_24():
+    """Why S1 misses on configs/synthetic/complexity_cpu.toml (README, docs/measurements.md): at N = 8 the 8th and
+    9th utilities, and at N = 24 the 24th and 25th, are a few percent apart, so the trained encoder can hold the
+    runner-up for a long time. The numbers the README quotes, from the closed form."""
+    from raretask import presets
+    from raretask.config import load_config
+    from raretask.synthetic.train import SynthConfig
+
+    cfg = load_config(SynthConfig, presets.find("synthetic/complexity_cpu.toml"))
+    u = cfg.mixture.build().summary([8], cfg.eval.frequent_mass)["utilities"]
+    pairs = [(u[7], u[8]), (u[23], u[24])]
+    assert [(a["task"], a["index"], b["task"], b["index"]) for a, b in pairs] == [
+        ("task05", 2, "task01", 2), ("task05", 8, "task04", 5)]
+    assert [round(a["utility"], 4) for a, _ in pairs] == [0.0351, 0.0093]
+    assert [round(b["utility"], 4) for _, b in pairs] == [0.0335, 0.0090]
+    assert all(a["utility"] / b["utility"] < 1.06 for a, b in pairs)  # within 6%
