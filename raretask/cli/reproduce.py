@@ -161,6 +161,7 @@ def _earlier_experiments(out: Path) -> dict[str, dict[str, Any]]:
 def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None = None,
               progress: bool = True) -> ReproduceResult:
     """Run (or read back) every experiment of `scale` into `out`, then write out/report.html."""
+    from raretask.launcher import same_config
     from raretask.lm.sweep import LMSweepConfig, run_sweep
     from raretask.report import pages
 
@@ -188,15 +189,19 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
                                     "log": None if r.log is None else str(r.log)}
     for e in sweeps:  # each sweep alone, its cells side by side on the cores idle now
         entry = result.experiments[e.name] = {"status": "done before", "wall_s": 0.0, "error": None}
-        if finished(out / e.name):
-            continue
         if not finished(corpus_dir):
-            entry.update(status="skipped", error=f"no corpus in {corpus_dir}")
+            if not finished(out / e.name):
+                entry.update(status="skipped", error=f"no corpus in {corpus_dir}")
             continue
         start = time.perf_counter()
         try:
             cfg = load_config(LMSweepConfig, presets.find(e.preset),
                               [*e.overrides, "train.threads=0", f"data.manifest={corpus_dir.resolve()}"])
+            if finished(out / e.name):  # read back only if it is this scale's sweep (a preset may have changed)
+                if same_config((out / e.name / "config.toml").read_text(), cfg.to_toml()):
+                    continue
+                raise ConfigError(f"{e.name}: holds a finished sweep of another config than {e.preset} now gives "
+                                  f"(delete {out / e.name} to train it again)")
             run_sweep(cfg, out / e.name, progress=progress, workers=free_cores())
             pages.draw(out / e.name)
             entry.update(status="finished")

@@ -78,6 +78,24 @@ def test_reproduce_runs_every_experiment_then_one_report_and_resumes(cli, tiny, 
                            "--out", str(tmp_path / "none.json")], capture_output=True, timeout=300).returncode == 2
 
 
+def test_a_finished_sweep_of_another_config_is_not_read_back(cli, tiny, corpus, tmp_path, monkeypatch):  # noqa: F811
+    """A preset that changed since DIR was made (another grid, more steps): its finished sweep is reported as failed
+    with one line, not silently read back as this scale's."""
+    out = tmp_path / "r"
+    args = ["reproduce", "--scale", "cpu", "--only", "lm", "--out", out, "--corpus", corpus, "--json",
+            "--no-progress"]
+    sweep = [e for e in TINY if e.name == "lm/sweep"]
+    monkeypatch.setitem(rep.SCALES, "cpu", sweep)
+    assert summary(cli(*args))["experiments"]["lm/sweep"]["status"] == "finished"
+    changed = [Experiment(e.name, e.command, e.preset, (*e.overrides, "train.steps=6"), part="lm") for e in sweep]
+    monkeypatch.setitem(rep.SCALES, "cpu", changed)
+    entry = summary(cli(*args))["experiments"]["lm/sweep"]
+    assert entry["status"] == "failed" and "holds a finished sweep of another config" in entry["error"]
+    assert json.loads((out / "lm" / "sweep" / "meta.json").read_text())["status"] == "finished"  # left as it was
+    monkeypatch.setitem(rep.SCALES, "cpu", sweep)  # the preset as it was: read back again
+    assert summary(cli(*args))["experiments"]["lm/sweep"]["status"] == "done before"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--scale", "huge"], "error: --scale: 'huge' is not one of cpu, gpu, paper"),
     (["--only", "half"], "error: --only: 'half' is not one of synthetic, lm"),
