@@ -18,49 +18,47 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from raretask.report import scorecard
+from raretask.analysis.after_injection import COSINES, interference_summary, read_analysis
+from raretask.report import lm_features, scorecard
 
 from record import Run, add_out_argument
 
 
 def cells(sweep: Path) -> list[dict]:
-    """Each finished cell of an LM sweep: its name, its last evaluation of every task."""
-    rows = []
-    for cell in sorted((sweep / "cells").glob("*/metrics.parquet")):
-        m = pq.read_table(cell).to_pandas()
-        m = m[m.task.notna()]
-        for task, g in m.groupby("task"):
-            last = g.sort_values("step").iloc[-1]
-            rows.append({"cell": cell.parent.name, "task": task, "step": int(last.step),
-                         **{k: round(float(last[k]), 6) for k in ("test_acc_labels", "test_loss", "train_loss",
-                                                                  "heldout_loss") if k in last and last[k] == last[k]}})
-    return rows
+    """Each cell of an LM sweep at its last evaluation, per task: the sweep's own results table."""
+    r = pq.read_table(sweep / "results.parquet").to_pandas()
+    keep = ["test_acc_labels", "test_loss", "train_loss", "heldout_loss"]
+    return [{"cell": row.cell, "task": row.task, "step": int(row.step),
+             **{k: round(float(getattr(row, k)), 6) for k in keep if getattr(row, k) == getattr(row, k)}}
+            for row in r.sort_values(["cell", "task"]).itertuples()]
 
 
 def at_injection(analysis: Path) -> list[dict]:
-    """Fig. 9's numbers of an interference analysis: per size, the cosines with g_r at the injection steps, mean and
-    standard deviation over the injections (the paper's "0.08 +- 0.02 at 1B")."""
-    r = pq.read_table(analysis / "interference.parquet").to_pandas()
-    rows = []
-    for (cell, size), g in r[r.steps_since_injection == 0].groupby(["cell", "size"], sort=False):
-        rows.append({"cell": cell, "size": size, "injections": len(g),
-                     **{f"{c}_{stat}": round(float(getattr(g[c], stat)()), 4) for c in ("cos_g", "cos_t", "cos_nt")
-                        for stat in ("mean", "std")}})
-    return rows
+    """Fig. 9's numbers of an interference analysis: per run, the cosines with g_r at the injection steps, mean and
+    standard deviation over the injections (the paper's "0.08 +- 0.02 at 1B"), as `raretask lm analyze --json`
+    gives them."""
+    result = read_analysis(analysis)
+    lined = result.tables["after_injection"]
+    injections = {c: n for c, k, n in zip(lined["cell"], lined["k"], lined["count"]) if k == 0}
+    return [{"cell": r["cell"], "size": r["size"], "injections": injections.get(r["cell"]),
+             **{f"{c}_{stat}": round(float(r[f"{c}_at_injection"][i]), 4) for c in COSINES
+                for i, stat in enumerate(("mean", "std")) if f"{c}_at_injection" in r}}
+            for r in interference_summary(result)["results"]]
 
 
 def presence(analysis: Path) -> list[dict]:
     """Fig. 7a's numbers of a features analysis: per cell, the best layer's R² of the value order and the test
-    accuracy at each checkpoint, their Spearman correlation over training, and DAS's best layer at the last one."""
-    f = pq.read_table(analysis / "features.parquet").to_pandas()
+    accuracy at each checkpoint, their Spearman correlation over training (as on the report page), and DAS's best
+    layer at the last one."""
+    p = lm_features.presence(pq.read_table(analysis / "features.parquet").to_pandas())
     das = pq.read_table(analysis / "das.parquet").to_pandas()
     rows = []
-    for cell, g in f[f.metric == "order_r2"].groupby("cell"):
-        best = g.groupby("step").agg(r2=("value", "max"), acc=("test_acc", "first")).reset_index()
+    for cell, g in p[p.metric == "order_r2"].groupby("cell"):
+        g = g.sort_values("step")
         d = das[das.cell == cell].sort_values("iia")
-        rows.append({"cell": cell, "steps": best.step.tolist(), "r2": [round(float(v), 4) for v in best.r2],
-                     "test_acc": [round(float(v), 4) for v in best.acc],
-                     "spearman": round(float(best.r2.rank().corr(best.acc.rank())), 4),
+        rows.append({"cell": cell, "steps": g.step.tolist(), "r2": [round(float(v), 4) for v in g.presence],
+                     "test_acc": [round(float(v), 4) for v in g.test_acc],
+                     "spearman": round(lm_features.spearman(g.presence, g.test_acc), 4),
                      "das_best_layer": int(d.layer.iloc[-1]) if len(d) else None,
                      "das_iia": round(float(d.iia.iloc[-1]), 4) if len(d) else None})
     return rows

@@ -137,10 +137,11 @@ class RunMeta:
     def __init__(self, out: Path, **fields: Any):
         self.path = Path(out) / "meta.json"
         self.start = time.time()
-        previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.data = {"created": previous.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        # what an earlier run into the same directory recorded (a resume reads its own history from it)
+        self.previous: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data = {"created": self.previous.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
                      "versions": versions(), "git_commit": git_commit(), "status": "running",
-                     "wall_time_s": previous.get("wall_time_s", 0.0), **fields}
+                     "wall_time_s": self.previous.get("wall_time_s", 0.0), **fields}
         write_json(self.path, self.data)
 
     def finish(self, **fields: Any) -> None:

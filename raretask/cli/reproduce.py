@@ -149,15 +149,6 @@ def check_corpus(corpus: Path | None) -> None:
         raise ConfigError(f"--corpus {corpus}: no manifest.json (make one with `raretask lm prepare`)")
 
 
-def _earlier_experiments(out: Path) -> dict[str, dict[str, Any]]:
-    """The experiments recorded by an earlier run into `out` (name -> status, wall_s, ...); empty without one."""
-    try:
-        found = json.loads((Path(out) / "meta.json").read_text()).get("experiments")
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}  # a list of names while that run was still going
-
-
 def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None = None,
               progress: bool = True) -> ReproduceResult:
     """Run (or read back) every experiment of `scale` into `out`, then write out/report.html."""
@@ -180,9 +171,10 @@ def reproduce(scale: str, out: Path, *, only: str = "all", corpus: Path | None =
         jobs.append(Job("lm/corpus", ["lm", "prepare", str(presets.find(CORPUS[scale])), "--out", str(corpus_dir),
                                       "--no-progress"], corpus_dir))
     work = Plan.for_machine(len(jobs) or 1)
-    earlier = _earlier_experiments(out)
     meta = runs.RunMeta(out, kind=KIND, scale=scale, only=only, free_cores=work.free, workers=work.workers,
                         threads=work.threads, experiments=[e.name for e in experiments])
+    earlier = meta.previous.get("experiments")
+    earlier = earlier if isinstance(earlier, dict) else {}  # a list of names while that run was still going
     result = ReproduceResult(out, scale)
     for name, r in run_jobs(jobs, work, logs=out / "logs", progress=progress).items():
         result.experiments[name] = {"status": r.status, "wall_s": round(r.wall_s, 1), "error": r.error,
